@@ -1,0 +1,74 @@
+"""The interface every inference backend implements, and device-name parsing."""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+
+from prune_perception.errors import BackendUnavailableError, ModelLoadError, ModelMetadataError
+from prune_perception.runtime.metadata import ModelMetadata, default_yolox_metadata
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
+
+
+def parse_device(device: str) -> tuple[str, int]:
+    """``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` -> (kind, index)."""
+    match = DEVICE_PATTERN.match(device.strip().lower())
+    if match is None or (match.group(2) is not None and match.group(1) != "cuda"):
+        raise BackendUnavailableError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+    return match.group(1), int(match.group(2) or 0)
+
+
+def require_model_file(model_path: str | Path) -> Path:
+    path = Path(model_path)
+    if not path.is_file():
+        raise ModelLoadError(f"model file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"model file is empty: {path}")
+    return path
+
+
+class InferenceBackend(ABC):
+    """Runs a model on one input tensor and returns its (first or named) output on the host.
+
+    Backends import their runtime lazily, so that the others work where it is not installed.
+    """
+
+    name: str = "base"
+
+    def __init__(self, model_path: str | Path, device: str) -> None:
+        self.model_path = require_model_file(model_path)
+        self.device = device
+        """The device the model really runs on after resolution, e.g. ``cpu`` or ``cuda:0``."""
+
+    @abstractmethod
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        """Run the model on a ready input tensor; return its output as float32 numpy."""
+
+    def input_shape(self) -> tuple[int, ...] | None:
+        """The model's static input shape, if the model file declares one."""
+        return None
+
+    def output_shape(self) -> tuple[int, ...] | None:
+        return None
+
+    def inferred_metadata(self) -> ModelMetadata:
+        """Metadata for a model without a sidecar, from its declared I/O shapes (YOLOX defaults)."""
+        input_shape, output_shape = self.input_shape(), self.output_shape()
+        if input_shape is None or len(input_shape) != 4 or output_shape is None or len(output_shape) != 3:
+            raise ModelMetadataError(
+                f"{self.model_path} has no metadata sidecar ({self.model_path.name}.json) and its input/output "
+                "shapes are not static, so the input size and class count cannot be inferred; write a sidecar"
+            )
+        nhwc = input_shape[3] == 3 and input_shape[1] != 3
+        height, width = (input_shape[1], input_shape[2]) if nhwc else (input_shape[2], input_shape[3])
+        return default_yolox_metadata(
+            input_width=width, input_height=height, num_classes=output_shape[2] - 5,
+            layout="NHWC" if nhwc else "NCHW",
+        )
+
+    def close(self) -> None:
+        """Release runtime resources. Safe to call twice."""

@@ -1,0 +1,105 @@
+"""ONNX Runtime backend: CPU by default, the CUDA execution provider when available."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from prune_perception.errors import BackendUnavailableError, InferenceError, ModelLoadError
+from prune_perception.runtime.backends.base import InferenceBackend, parse_device
+from prune_perception.runtime.metadata import ModelMetadata
+
+CUDA_PROVIDER = "CUDAExecutionProvider"
+CPU_PROVIDER = "CPUExecutionProvider"
+
+
+class OnnxRuntimeBackend(InferenceBackend):
+    """Runs an ONNX model with onnxruntime.
+
+    Args:
+        model_path: the ``.onnx`` file.
+        device: ``auto`` (CUDA provider if this onnxruntime has it, else CPU), ``cpu``, ``cuda[:N]``.
+        metadata: names the input and output tensors to use (the first of each by default).
+        intra_op_threads: CPU threads for one inference; 0 lets onnxruntime decide.
+        allow_spinning: keep worker threads spinning between runs. Off by default: on a small
+            CPU shared with a ROS executor, spinning threads steal the cores the node needs.
+
+    Example:
+        >>> backend = OnnxRuntimeBackend("yolox_nano.onnx", device="cpu")
+        >>> output = backend.infer(np.zeros((1, 3, 416, 416), np.float32))
+    """
+
+    name = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        device: str = "auto",
+        metadata: ModelMetadata | None = None,
+        intra_op_threads: int = 0,
+        allow_spinning: bool = False,
+    ) -> None:
+        super().__init__(model_path, device)
+        try:
+            import onnxruntime as ort
+        except ImportError as exc:  # pragma: no cover - onnxruntime is a hard dependency
+            raise BackendUnavailableError("onnxruntime is not installed") from exc
+
+        kind, index = parse_device(device)
+        available = ort.get_available_providers()
+        if kind == "cpu":
+            providers: list = [CPU_PROVIDER]
+        elif CUDA_PROVIDER in available:
+            providers = [(CUDA_PROVIDER, {"device_id": index}), CPU_PROVIDER]
+        elif kind == "cuda":
+            raise BackendUnavailableError(
+                f"device {device!r} needs onnxruntime's {CUDA_PROVIDER}, but this onnxruntime only has "
+                f"{available}; install onnxruntime-gpu or use device 'cpu'"
+            )
+        else:
+            providers = [CPU_PROVIDER]
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.log_severity_level = 3
+        if intra_op_threads > 0:
+            options.intra_op_num_threads = intra_op_threads
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        try:
+            self.session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own pybind exception types
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(f"cannot load ONNX model {self.model_path}: {reason}") from exc
+
+        self._input = _pick(self.session.get_inputs(), metadata.input.name if metadata else None, "input")
+        self._output = _pick(self.session.get_outputs(), metadata.decoder.output_name if metadata else None, "output")
+        self.input_name, self.output_name = self._input.name, self._output.name
+        self.device = f"cuda:{index}" if self.session.get_providers()[0] == CUDA_PROVIDER else "cpu"
+
+    def infer(self, tensor: np.ndarray) -> np.ndarray:
+        try:
+            return self.session.run([self.output_name], {self.input_name: tensor})[0]
+        except Exception as exc:
+            raise InferenceError(f"onnxruntime failed on input of shape {tensor.shape}: {exc}") from exc
+
+    def input_shape(self) -> tuple[int, ...] | None:
+        return _static_shape(self._input.shape)
+
+    def output_shape(self) -> tuple[int, ...] | None:
+        return _static_shape(self._output.shape)
+
+
+def _pick(values, name: str | None, kind: str):
+    if name is None:
+        return values[0]
+    for value in values:
+        if value.name == name:
+            return value
+    raise ModelLoadError(f"the model has no {kind} named {name!r}; it has {[v.name for v in values]}")
+
+
+def _static_shape(shape) -> tuple[int, ...] | None:
+    if all(isinstance(dim, int) and dim > 0 for dim in shape):
+        return tuple(shape)
+    return None
