@@ -1,0 +1,55 @@
+"""Detections <-> vision_msgs/Detection2DArray (4.x layout)."""
+
+from __future__ import annotations
+
+import numpy as np
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+from prune_perception.runtime.postprocess import Detections
+
+CLASS_ID_FORMATS = ("name", "id")
+
+
+def detections_to_msg(detections: Detections, header: Header, class_id_format: str = "name") -> Detection2DArray:
+    """One Detection2D per detection: bbox center and size in pixels, one hypothesis.
+
+    The array header and every detection header are the image's ``header``, so consumers can
+    match detections to the frame they came from. ``class_id`` is the class name or, with
+    ``class_id_format="id"``, the numeric class id as text.
+    """
+    array = Detection2DArray()
+    array.header = header
+    boxes = detections.boxes_xyxy.astype(np.float64)
+    centers = ((boxes[:, :2] + boxes[:, 2:]) / 2).tolist()
+    sizes = (boxes[:, 2:] - boxes[:, :2]).tolist()
+    class_ids = detections.class_ids.tolist()
+    scores = detections.scores.tolist()
+    items = []
+    for (cx, cy), (width, height), class_id, score in zip(centers, sizes, class_ids, scores):
+        detection = Detection2D()
+        detection.header = header
+        detection.bbox.center.position.x = cx
+        detection.bbox.center.position.y = cy
+        detection.bbox.size_x = width
+        detection.bbox.size_y = height
+        hypothesis = ObjectHypothesisWithPose()
+        hypothesis.hypothesis.class_id = detections.class_names[class_id] if class_id_format == "name" else str(class_id)
+        hypothesis.hypothesis.score = score
+        detection.results = [hypothesis]
+        items.append(detection)
+    array.detections = items
+    return array
+
+
+def msg_to_arrays(msg: Detection2DArray) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """``(boxes_xyxy (N, 4), scores (N,), class_ids)`` of the best hypothesis of each detection."""
+    boxes, scores, labels = [], [], []
+    for detection in msg.detections:
+        cx, cy = detection.bbox.center.position.x, detection.bbox.center.position.y
+        half_w, half_h = detection.bbox.size_x / 2, detection.bbox.size_y / 2
+        boxes.append([cx - half_w, cy - half_h, cx + half_w, cy + half_h])
+        best = max(detection.results, key=lambda result: result.hypothesis.score, default=None)
+        scores.append(best.hypothesis.score if best else 0.0)
+        labels.append(best.hypothesis.class_id if best else "")
+    return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64), labels
