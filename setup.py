@@ -15,7 +15,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + [f"{PACKAGE}/ros/fastdds_large_images.xml"]),
         (f"share/{PACKAGE}/config/presets", glob("config/presets/*.yaml")),
     ],
     install_requires=["setuptools"],

@@ -46,6 +46,9 @@ from prune_perception.runtime.annotate import draw_detections
 from prune_perception.runtime.detector import Detector, DetectorConfig
 from prune_perception.runtime.latest_frame import LatestFrameSlot
 
+IMAGE_TOPIC = "image_raw"
+COMPRESSED_IMAGE_TOPIC = "image_raw/compressed"
+DETECTIONS_TOPIC = "detections"
 LATENCY_TOPICS = tuple(f"{stage}_ms" for stage in STAGES) + ("in_node_ms", "end_to_end_ms")
 """Per-frame std_msgs/Float64 topics under ``~/debug/``."""
 
@@ -76,7 +79,7 @@ class DetectorNode(Node):
         self._last_input_error: str | None = None
         self._stop = threading.Event()
 
-        self._detections_pub = self.create_publisher(Detection2DArray, "detections", 10)
+        self._detections_pub = self.create_publisher(Detection2DArray, DETECTIONS_TOPIC, 10)
         self._latency_pubs = {name: self.create_publisher(Float64, f"~/debug/{name}", 10) for name in LATENCY_TOPICS}
         self._debug_image_pub = (
             self.create_publisher(Image, "~/debug/image", 1) if self.params["publish_debug_image"] else None
@@ -91,9 +94,9 @@ class DetectorNode(Node):
             else ReliabilityPolicy.RELIABLE,
         )
         if self.params["input_transport"] == "compressed":
-            self._subscription = self.create_subscription(CompressedImage, "image_raw/compressed", self._on_image, qos)
+            self._subscription = self.create_subscription(CompressedImage, COMPRESSED_IMAGE_TOPIC, self._on_image, qos)
         else:
-            self._subscription = self.create_subscription(Image, "image_raw", self._on_image, qos)
+            self._subscription = self.create_subscription(Image, IMAGE_TOPIC, self._on_image, qos)
 
         self.add_on_set_parameters_callback(self._validate_parameter_changes)
         self.add_post_set_parameters_callback(self._apply_parameter_changes)
