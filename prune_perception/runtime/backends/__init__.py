@@ -24,6 +24,7 @@ _SUFFIX_TO_BACKEND = {
     ".plan": "tensorrt",
     ".trt": "tensorrt",
     ".pt": "torch",
+    ".pt2": "torch",
     ".pth": "torch",
     ".torchscript": "torch",
 }

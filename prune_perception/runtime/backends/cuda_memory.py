@@ -105,7 +105,7 @@ class CudaPythonDevice(CudaDevice):
         try:
             from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
         except ImportError:
-            from cuda import cudart  # type: ignore[no-redef]  # older cuda-python
+            from cuda import cudart  # older cuda-python
         self._cudart = cudart
         self._index = index
         count = self._check(cudart.cudaGetDeviceCount())
@@ -147,8 +147,8 @@ class CudaPythonDevice(CudaDevice):
         nbytes = max(int(np.prod(shape)) * dtype.itemsize, 1)
         pointer = self._check(self._cudart.cudaMallocHost(nbytes))
         self._host_buffers.append(pointer)
-        raw = (ctypes.c_byte * nbytes).from_address(pointer)
-        return np.frombuffer(raw, dtype=dtype, count=int(np.prod(shape))).reshape(shape)
+        raw = np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(pointer))
+        return raw[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
 
     def device_alloc(self, nbytes: int) -> Any:
         return self._check(self._cudart.cudaMalloc(max(nbytes, 1)))

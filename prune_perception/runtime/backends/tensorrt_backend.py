@@ -18,6 +18,11 @@ from typing import Any
 
 import numpy as np
 
+try:  # this module is only imported when the tensorrt backend is chosen
+    import tensorrt as trt
+except ImportError:  # import_tensorrt() explains what is missing
+    trt = None  # type: ignore[assignment]
+
 from prune_perception.errors import BackendUnavailableError, InferenceError, ModelLoadError
 from prune_perception.runtime.backends.base import InferenceBackend, parse_device
 from prune_perception.runtime.backends.cuda_memory import CudaDevice, open_cuda_device
@@ -32,13 +37,11 @@ def import_tensorrt() -> ModuleType:
     ``tensorrt-stubs`` installs a ``tensorrt`` folder with only ``.pyi`` files, which imports as
     an empty namespace package; that is reported as "not installed", not used.
     """
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
+    if trt is None:
         raise BackendUnavailableError(
             "the tensorrt backend needs the TensorRT Python runtime (pip install tensorrt, or "
             "python3-libnvinfer on JetPack), and it is not importable here"
-        ) from exc
+        )
     if not hasattr(trt, "Runtime"):
         raise BackendUnavailableError(
             "the tensorrt backend needs the TensorRT Python runtime; only type stubs are installed here"
@@ -69,7 +72,9 @@ def check_engine_platform(
     if info is None:
         return
     problems = []
-    if _version_numbers(info.tensorrt_version) != _version_numbers(tensorrt_version):
+    recorded, running = _version_numbers(info.tensorrt_version), _version_numbers(tensorrt_version)
+    common = min(len(recorded), len(running))  # "10.3.0" names every 10.3.0.x build
+    if common < 3 or recorded[:common] != running[:common]:
         problems.append(f"TensorRT {info.tensorrt_version} (this machine has {tensorrt_version})")
     if info.compute_capability != compute_capability or info.gpu_name != gpu_name:
         problems.append(
@@ -81,6 +86,11 @@ def check_engine_platform(
             f"engine {engine_path} was built for " + " and ".join(problems)
             + "; rebuild it on this machine from its ONNX file with `prune-perception build-engine`"
         )
+
+
+def _dims(dims: trt.Dims) -> tuple[int, ...]:
+    """TensorRT ``Dims`` as a tuple (indexing is what both 10.x and 11.x declare)."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
 
 
 @dataclass
@@ -109,7 +119,7 @@ class TensorRTBackend(InferenceBackend):
         intra_op_threads: int = 0,
     ) -> None:
         super().__init__(model_path, device)
-        trt = import_tensorrt()
+        import_tensorrt()
         kind, index = parse_device(device)
         if kind == "cpu":
             raise BackendUnavailableError("TensorRT runs only on a CUDA GPU; use device 'cuda' or backend 'onnxruntime'")
@@ -119,25 +129,24 @@ class TensorRTBackend(InferenceBackend):
             self.model_path, metadata.engine if metadata else None,
             trt.__version__, self._cuda.name, self._cuda.compute_capability,
         )
-        self._trt = trt
         self._logger = trt.Logger(trt.Logger.WARNING)
         with self._cuda.activated():
-            self._runtime = trt.Runtime(self._logger)
-            engine = self._runtime.deserialize_cuda_engine(self.model_path.read_bytes())
+            self._runtime: trt.Runtime = trt.Runtime(self._logger)
+            engine: trt.ICudaEngine | None = self._runtime.deserialize_cuda_engine(self.model_path.read_bytes())
             if engine is None:
                 raise ModelLoadError(
                     f"TensorRT {trt.__version__} could not deserialize {self.model_path}: the file is corrupt, "
                     "or it was built by another TensorRT version or for another GPU"
                 )
-            self._engine = engine
-            self._context = engine.create_execution_context()
+            self._engine: trt.ICudaEngine = engine
+            self._context: trt.IExecutionContext = engine.create_execution_context()
             self._stream = self._cuda.create_stream()
             self._inputs, self._outputs = self._allocate_buffers(metadata)
         output_name = metadata.decoder.output_name if metadata else None
         self._result = next((b for b in self._outputs if b.name == output_name), self._outputs[0])
 
     def _allocate_buffers(self, metadata: ModelMetadata | None) -> tuple[list[_IOBuffer], list[_IOBuffer]]:
-        trt, engine, context = self._trt, self._engine, self._context
+        engine, context = self._engine, self._context
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         input_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         output_names = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
@@ -145,7 +154,7 @@ class TensorRTBackend(InferenceBackend):
             raise ModelLoadError(f"expected an engine with one input and at least one output, got {names}")
 
         for name in input_names:
-            shape = tuple(engine.get_tensor_shape(name))
+            shape = _dims(engine.get_tensor_shape(name))
             if any(dim < 0 for dim in shape):  # dynamic: fix it to the metadata's input size
                 if metadata is None:
                     raise ModelLoadError(f"engine input {name!r} has dynamic shape {shape}; a sidecar must give the size")
@@ -156,7 +165,7 @@ class TensorRTBackend(InferenceBackend):
 
         buffers: dict[str, _IOBuffer] = {}
         for name in names:
-            shape = tuple(context.get_tensor_shape(name))
+            shape = _dims(context.get_tensor_shape(name))
             dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
             host = self._cuda.pinned_empty(shape, dtype)
             allocation = self._cuda.device_alloc(host.nbytes)

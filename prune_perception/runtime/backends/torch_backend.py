@@ -1,4 +1,4 @@
-"""PyTorch backend: a TorchScript file, or a checkpoint that names its model factory."""
+"""PyTorch backend: a ``torch.export`` program (.pt2), TorchScript, or a checkpoint naming its factory."""
 
 from __future__ import annotations
 
@@ -42,7 +42,8 @@ def save_torch_checkpoint(
 class TorchBackend(InferenceBackend):
     """Runs a PyTorch model on the CPU or a CUDA GPU.
 
-    Accepted files: a TorchScript archive (``torch.jit.save``), or a checkpoint written by
+    Accepted files: an exported program (``torch.export.save``, ``.pt2``), a TorchScript archive
+    (``torch.jit.save``, deprecated by PyTorch but still common), or a checkpoint written by
     :func:`save_torch_checkpoint`. Checkpoints load with ``weights_only=True``: no pickled code runs.
     """
 
@@ -69,14 +70,16 @@ class TorchBackend(InferenceBackend):
         self.device = str(self.torch_device)
         if intra_op_threads > 0:
             torch.set_num_threads(intra_op_threads)
-        self.model = self._load(self.model_path).to(self.torch_device).eval()
+        self.model = self._load(self.model_path).to(self.torch_device)
         self._host_input: Any = None  # pinned staging buffer for CUDA copies
 
     def _load(self, path: Path):
         torch = self._torch
         try:
+            if path.suffix == ".pt2":
+                return torch.export.load(str(path)).module()  # exported graphs are already in eval mode
             if _is_torchscript(path):
-                return torch.jit.load(str(path), map_location="cpu")
+                return torch.jit.load(str(path), map_location="cpu").eval()
             checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for corrupt archives
             raise ModelLoadError(f"cannot load torch model {path}: {exc}") from exc
@@ -91,7 +94,7 @@ class TorchBackend(InferenceBackend):
             model.load_state_dict(checkpoint["state_dict"], strict=True)
         except RuntimeError as exc:
             raise ModelLoadError(f"{path}: weights do not fit {checkpoint['factory']}: {exc}") from exc
-        return model
+        return model.eval()
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         torch = self._torch
