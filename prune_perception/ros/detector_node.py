@@ -21,6 +21,7 @@ from typing import Any
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
+from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -77,6 +78,7 @@ class DetectorNode(Node):
         self.detector: Detector | None = None
         self.model_error: str | None = "model not loaded yet"
         self._last_input_error: str | None = None
+        self._last_logged: dict[str, float] = {}
         self._stop = threading.Event()
 
         self._detections_pub = self.create_publisher(Detection2DArray, DETECTIONS_TOPIC, 10)
@@ -100,7 +102,10 @@ class DetectorNode(Node):
 
         self.add_on_set_parameters_callback(self._validate_parameter_changes)
         self.add_post_set_parameters_callback(self._apply_parameter_changes)
-        self._diagnostics_timer = self.create_timer(self.params["diagnostics_period_s"], self._publish_diagnostics)
+        # Steady clock: health keeps being reported when the sim clock is paused or not running yet.
+        self._diagnostics_timer = self.create_timer(
+            self.params["diagnostics_period_s"], self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
+        )
         self._worker = threading.Thread(target=self._run_worker, name="inference", daemon=True)
         self._worker.start()
         self.get_logger().info(
@@ -208,12 +213,12 @@ class DetectorNode(Node):
             self._last_input_error = str(exc)
             with self._stats_lock:
                 self.stats.record_input_error(time.perf_counter())
-            self.get_logger().error(f"dropping bad image (frame_id '{msg.header.frame_id}'): {exc}", throttle_duration_sec=2.0)
+            self._log_error_throttled(f"dropping bad image (frame_id '{msg.header.frame_id}'): {exc}", str(exc))
             return
         except InferenceError as exc:
             with self._stats_lock:
                 self.stats.record_inference_error(time.perf_counter())
-            self.get_logger().error(f"inference failed: {exc}", throttle_duration_sec=2.0)
+            self._log_error_throttled(f"inference failed: {exc}", "inference")
             return
 
         detections_msg = detections_to_msg(result.detections, msg.header, self.params["class_id_format"])
@@ -240,6 +245,15 @@ class DetectorNode(Node):
             )
         if self._debug_image_pub is not None:
             self._publish_debug_image(image, pixel_format, result.detections, msg, in_node_ms, end_to_end_ms)
+
+    def _log_error_throttled(self, message: str, reason: str, period_s: float = 2.0) -> None:
+        """Log at most every ``period_s`` per kind of problem (the text before its first ':'),
+        so that a stream of bad frames cannot flood the log but each new problem is seen."""
+        kind = reason.split(":", 1)[0]
+        now = time.monotonic()
+        if now - self._last_logged.get(kind, -period_s) >= period_s:
+            self._last_logged[kind] = now
+            self.get_logger().error(message)
 
     def _publish_debug_image(self, image, pixel_format, detections, msg, in_node_ms: float, end_to_end_ms: float) -> None:
         import cv2

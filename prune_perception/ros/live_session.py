@@ -37,7 +37,7 @@ class LiveSessionError(PrunePerceptionError):
 
 
 def ros_arguments(params: dict[str, Any], params_files: list[Path] = (), remaps: dict[str, str] | None = None,
-                  node_name: str | None = None) -> list[str]:
+                  node_name: str | None = None, namespace: str | None = None) -> list[str]:
     """``--ros-args`` for a node process: params files first, then ``-p`` overrides, then remaps."""
     args = ["--ros-args"]
     for path in params_files:
@@ -49,6 +49,8 @@ def ros_arguments(params: dict[str, Any], params_files: list[Path] = (), remaps:
         args += ["-r", f"{source}:={target}"]
     if node_name:
         args += ["-r", f"__node:={node_name}"]
+    if namespace:
+        args += ["-r", f"__ns:={namespace}"]
     return args
 
 
@@ -182,6 +184,7 @@ def run_live_session(
     detector_params_files: list[Path] = (),
     frame_rate_hz: float = 0.0,
     max_frames: int = 0,
+    total_frames: int = 0,
     width: int = 0,
     height: int = 0,
     ready_timeout_s: float = 90.0,
@@ -199,6 +202,7 @@ def run_live_session(
     node = NodeProcess(DETECTOR_MODULE, ros_arguments(params, list(detector_params_files)), output_dir / "detector_node.log")
     publisher_params = {
         "source": str(video), "frame_rate_hz": float(frame_rate_hz), "max_frames": max_frames,
+        "total_frames": total_frames,
         "width": width, "height": height, "start_delay_s": 0.5, "qos_reliability": "best_effort",
     }
     publisher = NodeProcess(VIDEO_PUBLISHER_MODULE, ros_arguments(publisher_params), output_dir / "video_publisher.log")
@@ -234,7 +238,7 @@ def run_live_session(
             node_log=node.log_text(),
             publisher_log=publisher.log_text(),
             settings={"model_path": str(model_path), "video": str(video), "frame_rate_hz": frame_rate_hz,
-                      "max_frames": max_frames, "width": width, "height": height, **params},
+                      "max_frames": max_frames, "total_frames": total_frames, "width": width, "height": height, **params},
         )
     finally:
         if own_recorder:

@@ -82,8 +82,8 @@ class ParameterSpec:
 
 
 DETECTOR_PARAMETERS: tuple[ParameterSpec, ...] = (
-    ParameterSpec("model_path", "", "Model file: .onnx, TensorRT .engine/.plan, or torch .pt/.pth. "
-                  "Its metadata sidecar <model>.json is read when present.", read_only=True,
+    ParameterSpec("model_path", "", "Model file: .onnx, TensorRT .engine/.plan, or torch .pt2/.pt/.pth. "
+                  "Its metadata sidecar (e.g. yolox.onnx.json) is read when present.", read_only=True,
                   pattern_hint="non-empty path"),
     ParameterSpec("backend", "auto", "Inference runtime; auto chooses by the model file's suffix.",
                   choices=BACKEND_CHOICES, read_only=True),
@@ -157,3 +157,25 @@ def declare_parameters(node: Node, specs: Sequence[ParameterSpec]) -> dict[str, 
     if problems:
         raise ParameterValidationError("invalid parameters:\n  - " + "\n  - ".join(problems))
     return values
+
+
+def markdown_table(specs: Sequence[ParameterSpec]) -> str:
+    """The README's parameter table for ``specs`` (a test checks the README contains it)."""
+
+    def default_text(value: Any) -> str:
+        return f"`{str(value).lower()}`" if isinstance(value, bool) else (f"`{value!r}`" if isinstance(value, str) else f"`{value}`")
+
+    rows = ["| Name | Type | Default | Range | Run-time | Description |", "|---|---|---|---|---|---|"]
+    for spec in specs:
+        rows.append(
+            f"| `{spec.name}` | {spec.type_name} | {default_text(spec.default)} | {spec.range_text()} | "
+            f"{'no' if spec.read_only else 'yes'} | {spec.description} |"
+        )
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":  # print the README tables: python -m prune_perception.ros.parameters
+    from prune_perception.ros.video_publisher_node import VIDEO_PUBLISHER_PARAMETERS
+
+    print("detector_node\n\n" + markdown_table(DETECTOR_PARAMETERS) + "\n")
+    print("video_publisher\n\n" + markdown_table(VIDEO_PUBLISHER_PARAMETERS))

@@ -35,7 +35,9 @@ VIDEO_PUBLISHER_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("frame_rate_hz", 0.0, "Publish rate; 0 uses the video's own frame rate.",
                   minimum=0.0, maximum=10000.0, read_only=True),
     ParameterSpec("max_frames", 0, "Frames to load from the source (0: all).", minimum=0, maximum=100000, read_only=True),
-    ParameterSpec("loop", False, "Start over after the last frame.", read_only=True),
+    ParameterSpec("loop", False, "Start over after the last frame, forever.", read_only=True),
+    ParameterSpec("total_frames", 0, "Publish this many frames, cycling through the loaded ones "
+                  "(0: each loaded frame once).", minimum=0, maximum=10000000, read_only=True),
     ParameterSpec("width", 0, "Resize frames to this width (0: keep).", minimum=0, maximum=8192, read_only=True),
     ParameterSpec("height", 0, "Resize frames to this height (0: keep).", minimum=0, maximum=8192, read_only=True),
     ParameterSpec("encoding", "bgr8", "Encoding of raw images.", choices=tuple(ENCODINGS), read_only=True),
@@ -98,10 +100,11 @@ class VideoPublisherNode(Node):
         now = time.monotonic()
         if now < self._start_at:
             return
+        total = self.params["total_frames"]
+        if (total and self.published >= total) or (not total and self._index >= len(self._messages) and not self.params["loop"]):
+            self._finish()
+            return
         if self._index >= len(self._messages):
-            if not self.params["loop"]:
-                self._finish()
-                return
             self._index = 0
         msg = self._messages[self._index]
         msg.header.stamp = self.get_clock().now().to_msg()

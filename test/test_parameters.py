@@ -1,0 +1,109 @@
+"""The node's declared parameters, config/detector.yaml and the README tables agree, and bad
+values are refused with clear messages (at start-up and at run time)."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+from prune_perception.ros.parameters import (
+    DETECTOR_PARAMETERS,
+    ParameterValidationError,
+    declare_parameters,
+    markdown_table,
+)
+from prune_perception.ros.video_publisher_node import VIDEO_PUBLISHER_PARAMETERS
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_yaml_lists_every_parameter_with_its_default():
+    document = yaml.safe_load((ROOT / "config" / "detector.yaml").read_text())
+    values = document["/**"]["ros__parameters"]
+    assert list(values) == [spec.name for spec in DETECTOR_PARAMETERS]
+    for spec in DETECTOR_PARAMETERS:
+        assert values[spec.name] == spec.default and type(values[spec.name]) is type(spec.default), spec.name
+
+
+def test_presets_only_set_declared_parameters_with_valid_values():
+    specs = {spec.name: spec for spec in DETECTOR_PARAMETERS}
+    presets = sorted((ROOT / "config" / "presets").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"desktop_cpu", "jetson_orin"}
+    for preset in presets:
+        values = yaml.safe_load(preset.read_text())["/**"]["ros__parameters"]
+        for name, value in values.items():
+            assert name in specs, f"{preset.name}: unknown parameter {name}"
+            assert type(value) is type(specs[name].default), f"{preset.name}: {name} has the wrong type"
+            assert specs[name].check(value) is None, f"{preset.name}: {specs[name].check(value)}"
+
+
+def test_readme_tables_match_the_declared_parameters():
+    readme = (ROOT / "README.md").read_text()
+    assert markdown_table(DETECTOR_PARAMETERS) in readme
+    assert markdown_table(VIDEO_PUBLISHER_PARAMETERS) in readme
+
+
+def test_node_declares_exactly_the_table(rclpy_session, yolox_nano_path):
+    from prune_perception.ros.detector_node import DetectorNode
+
+    node = DetectorNode(parameter_overrides=[Parameter("model_path", value=str(yolox_nano_path))])
+    try:
+        declared = set(node._parameters) - {"use_sim_time", "start_type_description_service"}
+        assert declared == {spec.name for spec in DETECTOR_PARAMETERS}
+        descriptor = node.describe_parameter("score_threshold")
+        assert descriptor.floating_point_range[0].to_value == 1.0 and not descriptor.read_only
+        assert node.describe_parameter("model_path").read_only
+        assert "one of: raw, compressed" in node.describe_parameter("input_transport").additional_constraints
+    finally:
+        node.destroy_node()
+
+
+def test_bad_values_are_all_reported_at_once(rclpy_session):
+    node = Node("parameter_check", parameter_overrides=[
+        Parameter("score_threshold", value=1.5),
+        Parameter("latency_budget_ms", value=50),
+        Parameter("backend", value="tflite"),
+        Parameter("device", value="gpu0"),
+        Parameter("qos_depth", value=0),
+    ])
+    try:
+        with pytest.raises(ParameterValidationError) as error:
+            declare_parameters(node, DETECTOR_PARAMETERS)
+        message = str(error.value)
+        assert "score_threshold is outside its allowed range [0.0, 1.0]" in message
+        assert "latency_budget_ms must be of type double (write a decimal point, e.g. 50.0)" in message
+        assert "backend='tflite' is not one of ['auto', 'onnxruntime', 'tensorrt', 'torch']" in message
+        assert "device='gpu0' must be auto, cpu, cuda or cuda:N" in message
+        assert "qos_depth is outside its allowed range [1, 1000]" in message
+    finally:
+        node.destroy_node()
+
+
+def test_run_time_changes_are_validated_and_applied(rclpy_session, yolox_nano_path):
+    import time
+
+    from prune_perception.ros.detector_node import DetectorNode
+
+    node = DetectorNode(parameter_overrides=[Parameter("model_path", value=str(yolox_nano_path))])
+    try:
+        deadline = time.monotonic() + 30
+        while node.detector is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert node.detector is not None, node.model_error
+        results = node.set_parameters([Parameter("score_threshold", value=0.55), Parameter("max_detections", value=7)])
+        assert all(r.successful for r in results)
+        assert node.detector.config.score_threshold == 0.55 and node.detector.config.max_detections == 7
+
+        assert not node.set_parameters([Parameter("score_threshold", value=1.5)])[0].successful
+        assert not node.set_parameters([Parameter("class_id_format", value="label")])[0].successful
+        assert not node.set_parameters([Parameter("model_path", value="/other.onnx")])[0].successful
+        result = node.set_parameters([Parameter("warn_deadline_miss_rate", value=0.9)])[0]
+        assert not result.successful and "must not exceed" in result.reason
+
+        assert node.set_parameters([Parameter("latency_budget_ms", value=20.0)])[0].successful
+        assert node.stats.budget_ms == 20.0
+        assert node.detector.config.score_threshold == 0.55  # rejected changes changed nothing
+    finally:
+        node.destroy_node()
