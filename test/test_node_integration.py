@@ -50,6 +50,7 @@ def test_live_dashcam_detections_headers_and_diagnostics(rclpy_session, yolox_na
     try:
         result = run_live_session(
             yolox_nano_path, dashcam_path, tmp_path, recorder=recorder, frame_rate_hz=10.0, max_frames=40,
+            expected_subscribers=2,  # the node and this test's image listener
             detector_params={"latency_budget_ms": 500.0, "intra_op_threads": 1},
         )
     finally:

@@ -187,6 +187,7 @@ def run_live_session(
     total_frames: int = 0,
     width: int = 0,
     height: int = 0,
+    expected_subscribers: int = 1,
     ready_timeout_s: float = 90.0,
     settle_s: float = 1.5,
     recorder: LiveRecorder | None = None,
@@ -194,7 +195,8 @@ def run_live_session(
     """Start a detector_node process, wait until its model is ready, play the video through it
     from a video_publisher process, and return what the node published.
 
-    rclpy must be initialised in this process (``rclpy.init()``) before calling.
+    The publisher starts once ``expected_subscribers`` image subscribers are matched (the node,
+    plus any the caller added). rclpy must be initialised in this process before calling.
     """
     output_dir = Path(output_dir)
     apply_fastdds_large_image_profile()
@@ -204,6 +206,7 @@ def run_live_session(
         "source": str(video), "frame_rate_hz": float(frame_rate_hz), "max_frames": max_frames,
         "total_frames": total_frames,
         "width": width, "height": height, "start_delay_s": 0.5, "qos_reliability": "best_effort",
+        "wait_for_subscribers": expected_subscribers,
     }
     publisher = NodeProcess(VIDEO_PUBLISHER_MODULE, ros_arguments(publisher_params), output_dir / "video_publisher.log")
     own_recorder = recorder is None

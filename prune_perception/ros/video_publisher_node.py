@@ -50,6 +50,9 @@ VIDEO_PUBLISHER_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("qos_depth", 5, "Publisher history depth.", minimum=1, maximum=1000, read_only=True),
     ParameterSpec("start_delay_s", 1.0, "Wait this long before the first frame, so subscribers can connect.",
                   minimum=0.0, maximum=600.0, read_only=True),
+    ParameterSpec("wait_for_subscribers", 0, "Before the first frame, also wait until this many subscribers "
+                  "are matched (best-effort frames sent before discovery are lost).", minimum=0, maximum=100,
+                  read_only=True),
     ParameterSpec("exit_when_done", True, "Shut the node down after the last frame (when not looping).",
                   read_only=True),
 )
@@ -99,6 +102,12 @@ class VideoPublisherNode(Node):
     def _tick(self) -> None:
         now = time.monotonic()
         if now < self._start_at:
+            return
+        if self.published == 0 and self._publisher.get_subscription_count() < self.params["wait_for_subscribers"]:
+            self.get_logger().info(
+                f"waiting for {self.params['wait_for_subscribers']} subscriber(s) on {self._publisher.topic_name}",
+                throttle_duration_sec=5.0,
+            )
             return
         total = self.params["total_frames"]
         if (total and self.published >= total) or (not total and self._index >= len(self._messages) and not self.params["loop"]):
