@@ -139,6 +139,8 @@ class Probe(Node):
         self.clock_pub = self.create_publisher(Clock, "/clock", RELIABLE)
         self.detections = []
         self.end_to_end = []
+        self.debug_images = []
+        self.create_subscription(Image, f"{namespace}/detector_node/debug/image", self.debug_images.append, RELIABLE)
         from std_msgs.msg import Float64
         from vision_msgs.msg import Detection2DArray
 
@@ -193,7 +195,7 @@ def wait_ready(probe, process, timeout_s=60):
 
 
 def test_bad_raw_images_are_reported_and_good_frames_still_processed(rclpy_session, yolox_nano_path, good_frame, tmp_path):
-    process = start_detector(tmp_path, "/bad_raw", model_path=str(yolox_nano_path))
+    process = start_detector(tmp_path, "/bad_raw", model_path=str(yolox_nano_path), publish_debug_image=True)
     probe = Probe("/bad_raw")
     try:
         wait_ready(probe, process)
@@ -209,6 +211,12 @@ def test_bad_raw_images_are_reported_and_good_frames_still_processed(rclpy_sessi
         assert probe.spin_until(lambda: any(m.header.stamp.sec == 4 for m in probe.detections), 20, process)
         assert has_car(next(m for m in probe.detections if m.header.stamp.sec == 4))
         assert not any(m.header.stamp.sec in (1, 2, 3) for m in probe.detections)
+        # The annotated debug image of the good frame: same header and size, boxes drawn on it.
+        assert probe.spin_until(lambda: probe.debug_images, 5, process)
+        debug = probe.debug_images[-1]
+        assert debug.header.stamp.sec == 4 and (debug.width, debug.height, debug.encoding) == (960, 540, "bgr8")
+        drawn = np.frombuffer(debug.data, np.uint8).reshape(540, 960, 3)
+        assert np.count_nonzero(np.any(drawn != good_frame, axis=2)) > 1000
         assert probe.spin_until(lambda: int(probe.diagnostics().values["total_input_errors"]) == 3, 5, process)
         diagnostics = probe.diagnostics()
         assert "zero-size image" in diagnostics.values["last_input_error"]
