@@ -1,6 +1,5 @@
 """The Detector on the real YOLOX-Nano with real images, checked against labels."""
 
-import shutil
 
 import cv2
 import numpy as np

@@ -30,8 +30,8 @@ def test_sidecar_round_trip_records_model_hash(tmp_path):
     path = write_sidecar(model, sample_metadata())
     assert path == tmp_path / "model.onnx.json" == sidecar_path(model)
     loaded = load_sidecar(model)
-    import hashlib
     import dataclasses
+    import hashlib
 
     assert loaded.model_sha256 == hashlib.sha256(b"model bytes").hexdigest()
     assert dataclasses.replace(loaded, model_sha256=None) == sample_metadata()

@@ -5,13 +5,13 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from tiny_models import TinyYoloxHead
 
 from prune_perception.errors import ModelLoadError
 from prune_perception.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from prune_perception.runtime.backends.torch_backend import TorchBackend, save_torch_checkpoint
 from prune_perception.runtime.detector import Detector, DetectorConfig
 from prune_perception.runtime.metadata import DecoderSpec, InputSpec, ModelMetadata, write_sidecar
-from tiny_models import TinyYoloxHead
 
 SIZE = 64
 

@@ -18,13 +18,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64
@@ -43,6 +41,7 @@ from prune_perception.ros.parameters import (
     declare_parameters,
     spec_by_name,
 )
+from prune_perception.ros.qos import image_qos
 from prune_perception.runtime.annotate import draw_detections
 from prune_perception.runtime.detector import Detector, DetectorConfig
 from prune_perception.runtime.latest_frame import LatestFrameSlot
@@ -88,13 +87,7 @@ class DetectorNode(Node):
         )
         self._diagnostics_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
 
-        qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=self.params["qos_depth"],
-            reliability=ReliabilityPolicy.BEST_EFFORT
-            if self.params["qos_reliability"] == "best_effort"
-            else ReliabilityPolicy.RELIABLE,
-        )
+        qos = image_qos(self.params["qos_reliability"], self.params["qos_depth"])
         if self.params["input_transport"] == "compressed":
             self._subscription = self.create_subscription(CompressedImage, COMPRESSED_IMAGE_TOPIC, self._on_image, qos)
         else:

@@ -27,7 +27,6 @@ from prune_perception.errors import PrunePerceptionError
 from prune_perception.ros.detector_node import LATENCY_TOPICS
 from prune_perception.ros.node_main import apply_fastdds_large_image_profile
 
-
 DETECTOR_MODULE = "prune_perception.ros.detector_node"
 VIDEO_PUBLISHER_MODULE = "prune_perception.ros.video_publisher_node"
 

@@ -12,7 +12,6 @@ from rclpy.node import Node
 
 from prune_perception.ros.parameters import ParameterValidationError
 
-
 FASTDDS_PROFILE_PATH = Path(__file__).with_name("fastdds_large_images.xml")
 """FastDDS profile with a 16 MiB shared-memory segment plus UDPv4, for camera images."""
 

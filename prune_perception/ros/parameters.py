@@ -16,6 +16,7 @@ from rclpy.node import Node
 
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.eval.latency import DEADLINE_REFERENCES
+from prune_perception.ros.qos import RELIABILITIES
 from prune_perception.runtime.backends import BACKEND_CHOICES
 from prune_perception.runtime.backends.base import DEVICE_PATTERN
 
@@ -109,7 +110,7 @@ DETECTOR_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "subscribes sensor_msgs/CompressedImage on image_raw/compressed.",
                   choices=("raw", "compressed"), read_only=True),
     ParameterSpec("qos_reliability", "best_effort", "Image subscription reliability (best_effort is the "
-                  "sensor-data profile).", choices=("best_effort", "reliable"), read_only=True),
+                  "sensor-data profile).", choices=RELIABILITIES, read_only=True),
     ParameterSpec("qos_depth", 5, "Image subscription history depth. Only the newest frame is ever "
                   "processed.", minimum=1, maximum=1000, read_only=True),
     ParameterSpec("publish_debug_image", False, "Publish the image with boxes and latency drawn on "

@@ -11,9 +11,7 @@ import time
 from typing import Any
 
 import cv2
-import rclpy
 from rclpy.node import Node
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
@@ -21,6 +19,7 @@ from prune_perception.data.frame_source import FrameSourceError, iter_frames, so
 from prune_perception.ros.image_conversion import ENCODINGS, array_to_compressed_msg, array_to_image_msg
 from prune_perception.ros.node_main import run_node
 from prune_perception.ros.parameters import ParameterSpec, ParameterValidationError, declare_parameters
+from prune_perception.ros.qos import RELIABILITIES, image_qos
 
 _TO_ENCODING = {
     "bgr8": None,
@@ -45,7 +44,7 @@ VIDEO_PUBLISHER_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "CompressedImage on image_raw/compressed.", choices=("raw", "compressed"), read_only=True),
     ParameterSpec("jpeg_quality", 90, "JPEG quality of compressed frames.", minimum=1, maximum=100, read_only=True),
     ParameterSpec("frame_id", "camera", "header.frame_id of every frame.", read_only=True),
-    ParameterSpec("qos_reliability", "best_effort", "Publisher reliability.", choices=("best_effort", "reliable"),
+    ParameterSpec("qos_reliability", "best_effort", "Publisher reliability.", choices=RELIABILITIES,
                   read_only=True),
     ParameterSpec("qos_depth", 5, "Publisher history depth.", minimum=1, maximum=1000, read_only=True),
     ParameterSpec("start_delay_s", 1.0, "Wait this long before the first frame, so subscribers can connect.",
@@ -71,13 +70,7 @@ class VideoPublisherNode(Node):
             raise ParameterValidationError(f"invalid parameters:\n  - source: {exc}") from exc
         rate = self.params["frame_rate_hz"] or source_frame_rate(self.params["source"])
         compressed = self.params["transport"] == "compressed"
-        qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=self.params["qos_depth"],
-            reliability=ReliabilityPolicy.BEST_EFFORT
-            if self.params["qos_reliability"] == "best_effort"
-            else ReliabilityPolicy.RELIABLE,
-        )
+        qos = image_qos(self.params["qos_reliability"], self.params["qos_depth"])
         self._publisher = self.create_publisher(
             CompressedImage if compressed else Image, "image_raw/compressed" if compressed else "image_raw", qos
         )
