@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
@@ -52,6 +53,7 @@ DETECTIONS_TOPIC = "detections"
 LATENCY_TOPICS = tuple(f"{stage}_ms" for stage in STAGES) + ("in_node_ms", "end_to_end_ms")
 """Per-frame std_msgs/Float64 topics under ``~/debug/``."""
 
+_TO_BGR = {"RGB": cv2.COLOR_RGB2BGR, "BGRA": cv2.COLOR_BGRA2BGR, "RGBA": cv2.COLOR_RGBA2BGR, "GRAY": cv2.COLOR_GRAY2BGR}
 _DETECTOR_CONFIG_PARAMETERS = ("score_threshold", "nms_threshold", "max_detections")
 _HEALTH_PARAMETERS = ("warn_deadline_miss_rate", "error_deadline_miss_rate", "warn_drop_rate")
 
@@ -249,10 +251,8 @@ class DetectorNode(Node):
             self.get_logger().error(message)
 
     def _publish_debug_image(self, image, pixel_format, detections, msg, in_node_ms: float, end_to_end_ms: float) -> None:
-        import cv2
-
-        to_bgr = {"RGB": cv2.COLOR_RGB2BGR, "BGRA": cv2.COLOR_BGRA2BGR, "RGBA": cv2.COLOR_RGBA2BGR, "GRAY": cv2.COLOR_GRAY2BGR}
-        bgr = cv2.cvtColor(image, to_bgr[pixel_format]) if pixel_format in to_bgr else image
+        conversion = _TO_BGR.get(pixel_format)
+        bgr = cv2.cvtColor(image, conversion) if conversion is not None else image
         status = f"{len(detections)} det | in-node {in_node_ms:.1f} ms | e2e {end_to_end_ms:.1f} ms"
         self._debug_image_pub.publish(array_to_image_msg(draw_detections(bgr, detections, status), "bgr8", msg.header))
 
