@@ -83,16 +83,22 @@ class TorchBackend(InferenceBackend):
             checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # torch raises many types for corrupt archives
             raise ModelLoadError(f"cannot load torch model {path}: {exc}") from exc
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        from prune_perception.compress.prune import PRUNED_CHECKPOINT_FORMAT, apply_pruned_state
+
+        formats = (CHECKPOINT_FORMAT, PRUNED_CHECKPOINT_FORMAT)
+        if not isinstance(checkpoint, dict) or checkpoint.get("format") not in formats:
             raise ModelLoadError(
-                f"{path} is neither TorchScript nor a {CHECKPOINT_FORMAT} checkpoint "
-                "(see prune_perception.runtime.backends.torch_backend.save_torch_checkpoint)"
+                f"{path} is neither TorchScript nor a checkpoint of format {formats} "
+                "(see save_torch_checkpoint and compress.prune.save_pruned_checkpoint)"
             )
         factory = _import_factory(checkpoint["factory"])
         model = factory(**checkpoint.get("factory_kwargs", {}))
         try:
-            model.load_state_dict(checkpoint["state_dict"], strict=True)
-        except RuntimeError as exc:
+            if checkpoint["format"] == PRUNED_CHECKPOINT_FORMAT:
+                apply_pruned_state(model, checkpoint["pruned_state"])  # reshapes the layers, then loads
+            else:
+                model.load_state_dict(checkpoint["state_dict"], strict=True)
+        except (RuntimeError, KeyError) as exc:
             raise ModelLoadError(f"{path}: weights do not fit {checkpoint['factory']}: {exc}") from exc
         return model.eval()
 

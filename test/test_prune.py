@@ -1,0 +1,122 @@
+"""Structured pruning of the real YOLOX-Nano with Torch-Pruning."""
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from prune_perception.compress.prune import PruneConfig, PruningError, prune_model, save_pruned_checkpoint
+from prune_perception.export.onnx_export import export_onnx
+from prune_perception.models.weights import load_onnx_weights
+from prune_perception.models.yolox import build_yolox
+from prune_perception.runtime.backends.torch_backend import TorchBackend
+from prune_perception.runtime.class_names import COCO_CLASSES
+from prune_perception.runtime.detector import Detector
+from prune_perception.runtime.metadata import InputSpec
+from prune_perception.runtime.preprocess import Preprocessor
+
+EXAMPLE = torch.zeros(1, 3, 416, 416)
+SPEC = InputSpec(width=416, height=416)
+
+
+@pytest.fixture(scope="module")
+def nano_state(yolox_nano_path):
+    return load_onnx_weights(build_yolox("yolox_nano"), yolox_nano_path, input_size=416).state_dict()
+
+
+def fresh_nano(state):
+    model = build_yolox("yolox_nano")
+    model.load_state_dict(state)
+    return model
+
+
+def prunable_channels(model):
+    return [m.out_channels for name, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and "_preds" not in name]
+
+
+@pytest.fixture(scope="module")
+def real_sample(coco128_dir):
+    image = cv2.imread(str(sorted((coco128_dir / "images").glob("*.jpg"))[1]))
+    return image, Preprocessor(SPEC)(image)[0]
+
+
+@pytest.mark.parametrize("ratio", [0.2, 0.3, 0.5])
+def test_pruning_ratios_shrink_the_model_and_export(nano_state, real_sample, tmp_path, ratio):
+    model = fresh_nano(nano_state)
+    result = prune_model(model, PruneConfig(importance="l2", channel_ratio=ratio), EXAMPLE)
+    assert result.macs_after < result.macs_before and result.params_after < result.params_before
+    assert result.params_fraction < 1 - ratio + 0.15  # channels removed in pairs of layers: params fall ~quadratically
+    assert all(channels % 8 == 0 for channels in prunable_channels(model))
+    head = model.head
+    assert [c.out_channels for c in head.cls_preds] == [80] * 3 and [c.out_channels for c in head.reg_preds] == [4] * 3
+    model.eval()
+    assert model(EXAMPLE).shape == (1, 3549, 85)
+
+    image, sample = real_sample
+    exported = export_onnx(model, tmp_path / "pruned.onnx", COCO_CLASSES, SPEC, sample_inputs=[sample])
+    assert exported.relative_diff <= 1e-4
+    detections = Detector(exported.path, device="cpu").detect(image).detections  # runs in the runtime
+    assert detections.boxes_xyxy.shape[1] == 4
+
+
+def test_deeper_pruning_removes_more(nano_state):
+    fractions = []
+    for ratio in (0.2, 0.3, 0.5):
+        model = fresh_nano(nano_state)
+        fractions.append(prune_model(model, PruneConfig(channel_ratio=ratio), EXAMPLE).macs_fraction)
+    assert fractions == sorted(fractions, reverse=True)
+
+
+def test_macs_target_is_met_without_overshooting(nano_state):
+    model = fresh_nano(nano_state)
+    result = prune_model(model, PruneConfig(importance="l1", macs_fraction=0.6), EXAMPLE)
+    assert 0.45 < result.macs_fraction <= 0.6
+    assert result.history and result.history[-1]["macs"] == result.macs_after
+
+
+@pytest.mark.parametrize("importance", ["bn_scale", "taylor"])
+def test_other_importance_criteria(nano_state, real_sample, importance):
+    model = fresh_nano(nano_state)
+    teacher = fresh_nano(nano_state).eval()
+    sample = torch.from_numpy(real_sample[1])
+
+    def loss_fn(student):
+        with torch.no_grad():
+            targets = (teacher(sample)[..., 4:] > 0.3).float()  # teacher's confident scores as labels
+        return torch.nn.functional.binary_cross_entropy(student(sample)[..., 4:].clamp(1e-6, 1 - 1e-6), targets)
+
+    result = prune_model(model, PruneConfig(importance=importance, channel_ratio=0.3, iterative_steps=2), EXAMPLE,
+                         loss_fn=loss_fn if importance == "taylor" else None)
+    assert result.steps == 2 and result.macs_fraction < 0.7
+    assert all(channels % 8 == 0 for channels in prunable_channels(model))
+
+
+def test_global_pruning_and_between_steps_callback(nano_state):
+    model = fresh_nano(nano_state)
+    seen = []
+    result = prune_model(model, PruneConfig(channel_ratio=0.3, global_pruning=True, iterative_steps=3), EXAMPLE,
+                         between_steps=lambda step, m: seen.append((step, m.training)))
+    assert [step for step, _ in seen] == [0, 1, 2] and result.macs_fraction < 0.8
+
+
+def test_pruned_checkpoint_round_trips_through_the_torch_backend(nano_state, real_sample, tmp_path):
+    model = fresh_nano(nano_state)
+    prune_model(model, PruneConfig(channel_ratio=0.3), EXAMPLE)
+    model.eval()
+    path = tmp_path / "pruned.pt"
+    save_pruned_checkpoint(path, model, "prune_perception.models.yolox:build_yolox", {"variant": "yolox_nano"})
+    backend = TorchBackend(path, device="cpu")  # loads with weights_only=True
+    sample = real_sample[1]
+    with torch.no_grad():
+        np.testing.assert_array_equal(backend.infer(sample), model(torch.from_numpy(sample)).numpy())
+
+
+def test_bad_pruning_requests():
+    with pytest.raises(PruningError, match="exactly one"):
+        PruneConfig(channel_ratio=0.3, macs_fraction=0.5)
+    with pytest.raises(PruningError, match="importance"):
+        PruneConfig(importance="random", channel_ratio=0.3)
+    with pytest.raises(PruningError, match="channel_ratio"):
+        PruneConfig(channel_ratio=1.5)
+    with pytest.raises(PruningError, match="taylor importance needs a loss_fn"):
+        prune_model(build_yolox("yolox_nano"), PruneConfig(importance="taylor", channel_ratio=0.2), EXAMPLE)
