@@ -18,7 +18,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.clock import Clock, ClockType
@@ -29,6 +28,7 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64
 from vision_msgs.msg import Detection2DArray
 
+from prune_perception.data.image_codec import to_bgr
 from prune_perception.errors import ImageFormatError, InferenceError, PrunePerceptionError
 from prune_perception.eval.health import HealthLevel, HealthThresholds, evaluate_health
 from prune_perception.eval.latency import STAGES, FrameStatistics
@@ -53,7 +53,6 @@ DETECTIONS_TOPIC = "detections"
 LATENCY_TOPICS = tuple(f"{stage}_ms" for stage in STAGES) + ("in_node_ms", "end_to_end_ms")
 """Per-frame std_msgs/Float64 topics under ``~/debug/``."""
 
-_TO_BGR = {"RGB": cv2.COLOR_RGB2BGR, "BGRA": cv2.COLOR_BGRA2BGR, "RGBA": cv2.COLOR_RGBA2BGR, "GRAY": cv2.COLOR_GRAY2BGR}
 _DETECTOR_CONFIG_PARAMETERS = ("score_threshold", "nms_threshold", "max_detections")
 _HEALTH_PARAMETERS = ("warn_deadline_miss_rate", "error_deadline_miss_rate", "warn_drop_rate")
 
@@ -251,8 +250,7 @@ class DetectorNode(Node):
             self.get_logger().error(message)
 
     def _publish_debug_image(self, image, pixel_format, detections, msg, in_node_ms: float, end_to_end_ms: float) -> None:
-        conversion = _TO_BGR.get(pixel_format)
-        bgr = cv2.cvtColor(image, conversion) if conversion is not None else image
+        bgr = to_bgr(image, pixel_format)
         status = f"{len(detections)} det | in-node {in_node_ms:.1f} ms | e2e {end_to_end_ms:.1f} ms"
         self._debug_image_pub.publish(array_to_image_msg(draw_detections(bgr, detections, status), "bgr8", msg.header))
 

@@ -1,7 +1,7 @@
-"""sensor_msgs Image / CompressedImage <-> numpy, with the checks a camera driver can fail.
+"""sensor_msgs Image / CompressedImage <-> numpy (no cv_bridge: it is not on PyPI).
 
-No cv_bridge (not on PyPI): raw images are viewed in place with ``np.frombuffer`` (no copy),
-compressed ones are decoded with OpenCV.
+Decoding, with the checks a camera driver can fail, is shared with the bag reader in
+``prune_perception.data.image_codec``; this module adds the message construction.
 """
 
 from __future__ import annotations
@@ -11,63 +11,13 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from prune_perception.data.image_codec import ENCODINGS, compressed_image_to_array, raw_image_to_array
 from prune_perception.errors import ImageFormatError
 
-# ROS encoding -> (pixel format understood by the Preprocessor, channels)
-ENCODINGS: dict[str, tuple[str, int]] = {
-    "bgr8": ("BGR", 3),
-    "rgb8": ("RGB", 3),
-    "mono8": ("GRAY", 1),
-    "bgra8": ("BGRA", 4),
-    "rgba8": ("RGBA", 4),
-}
-COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
-
-
-def image_msg_to_array(msg: Image) -> tuple[np.ndarray, str]:
-    """View a raw image as ``(H, W[, C])`` uint8 without copying; return it with its pixel format.
-
-    Raises:
-        ImageFormatError: unsupported encoding, zero size, a step shorter than a row, or ``data``
-            shorter than ``height * step``.
-    """
-    if msg.encoding not in ENCODINGS:
-        raise ImageFormatError(f"unsupported encoding {msg.encoding!r}; supported: {', '.join(ENCODINGS)}")
-    pixel_format, channels = ENCODINGS[msg.encoding]
-    height, width, step = msg.height, msg.width, msg.step
-    if height == 0 or width == 0:
-        raise ImageFormatError(f"zero-size image ({width}x{height})")
-    row_bytes = width * channels
-    if step < row_bytes:
-        raise ImageFormatError(f"step {step} is shorter than a {msg.encoding} row of width {width} ({row_bytes} bytes)")
-    size = len(msg.data)
-    if size < height * step:
-        raise ImageFormatError(
-            f"truncated image: {size} bytes of data, but height*step = {height}*{step} = {height * step}"
-        )
-    rows = np.frombuffer(msg.data, dtype=np.uint8, count=height * step).reshape(height, step)
-    if step != row_bytes:
-        rows = rows[:, :row_bytes]
-    image = rows.reshape(height, width) if channels == 1 else rows.reshape(height, width, channels)
-    return image, pixel_format
-
-
-def compressed_msg_to_array(msg: CompressedImage) -> tuple[np.ndarray, str]:
-    """Decode a JPEG or PNG CompressedImage to BGR.
-
-    Raises:
-        ImageFormatError: an unsupported format, empty data, or data OpenCV cannot decode.
-    """
-    declared = msg.format.lower()
-    if declared and not any(name in declared for name in COMPRESSED_FORMATS):
-        raise ImageFormatError(f"unsupported compressed format {msg.format!r}; supported: jpeg, png")
-    data = np.frombuffer(msg.data, dtype=np.uint8)
-    if data.size == 0:
-        raise ImageFormatError("compressed image has no data")
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None or image.size == 0:
-        raise ImageFormatError(f"cannot decode {msg.format or 'compressed'} image of {data.size} bytes: corrupt or truncated")
-    return image, "BGR"
+image_msg_to_array = raw_image_to_array
+"""sensor_msgs/Image -> (array view, pixel format); see :func:`raw_image_to_array`."""
+compressed_msg_to_array = compressed_image_to_array
+"""sensor_msgs/CompressedImage -> (BGR array, "BGR"); see :func:`compressed_image_to_array`."""
 
 
 def array_to_image_msg(image: np.ndarray, encoding: str, header: Header) -> Image:

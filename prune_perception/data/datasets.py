@@ -1,0 +1,163 @@
+"""Labelled and unlabelled image sources for evaluation, distillation and fine-tuning.
+
+- Labelled: YOLO txt (``images/*.jpg`` + ``labels/*.txt``) and COCO json.
+- Unlabelled (for distillation): image folders, video files, and image topics of rosbag2 bags
+  (sqlite3 or MCAP, read with ``rosbags``; no ROS installation needed).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import cv2
+import numpy as np
+
+from prune_perception.data.frame_source import IMAGE_SUFFIXES, FrameSourceError, iter_frames
+from prune_perception.data.image_codec import compressed_image_to_array, raw_image_to_array, to_bgr
+from prune_perception.data.yolo_labels import label_path_for, read_yolo_labels
+from prune_perception.errors import ImageFormatError
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
+BAG_SUFFIXES = (".db3", ".mcap")
+IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    path: Path
+    width: int
+    height: int
+    boxes_xyxy: np.ndarray  # (N, 4) pixels
+    class_ids: np.ndarray  # (N,) 0-based
+
+    def read(self) -> np.ndarray:
+        image = cv2.imread(str(self.path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise FrameSourceError(f"cannot read image {self.path}")
+        return image
+
+
+def load_yolo_dataset(images_dir: str | Path) -> list[LabelledImage]:
+    """Images of ``images_dir`` with their YOLO labels from the sibling ``labels`` folder (an
+    image without a label file has no objects)."""
+    images_dir = Path(images_dir)
+    paths = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if images_dir.is_dir() else []
+    if not paths:
+        raise FrameSourceError(f"no images in {images_dir}")
+    items = []
+    for path in paths:
+        height, width = _image_size(path)
+        boxes, class_ids = read_yolo_labels(label_path_for(path), width, height)
+        items.append(LabelledImage(path, width, height, boxes, class_ids))
+    return items
+
+
+def load_coco_json(annotation_path: str | Path, images_dir: str | Path) -> tuple[list[LabelledImage], list[str]]:
+    """A COCO detection json: its images (found in ``images_dir``) and the category names.
+
+    Categories are renumbered to contiguous 0-based class ids in the order of their ids.
+    """
+    data = json.loads(Path(annotation_path).read_text())
+    categories = sorted(data["categories"], key=lambda c: c["id"])
+    class_of = {category["id"]: index for index, category in enumerate(categories)}
+    boxes: dict[int, list] = {image["id"]: [] for image in data["images"]}
+    for annotation in data.get("annotations", []):
+        if annotation.get("iscrowd", 0):
+            continue
+        x, y, w, h = annotation["bbox"]
+        boxes[annotation["image_id"]].append((x, y, x + w, y + h, class_of[annotation["category_id"]]))
+    items = []
+    for image in data["images"]:
+        rows = np.asarray(boxes[image["id"]], np.float64).reshape(-1, 5)
+        items.append(LabelledImage(Path(images_dir) / image["file_name"], int(image["width"]), int(image["height"]),
+                                   rows[:, :4], rows[:, 4].astype(np.int64)))
+    return items, [category["name"] for category in categories]
+
+
+def split_dataset(items: Sequence, validation_fraction: float, seed: int = 0) -> tuple[list, list]:
+    """Deterministic (train, validation) split."""
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    count = int(round(len(items) * validation_fraction))
+    validation = sorted(order[:count])
+    train = sorted(order[count:])
+    return [items[i] for i in train], [items[i] for i in validation]
+
+
+def iter_unlabelled_frames(
+    sources: Sequence[str | Path], max_frames_per_source: int = 0, stride: int = 1, topic: str | None = None
+) -> Iterator[np.ndarray]:
+    """BGR frames from image folders, videos and rosbag2 bags (every ``stride``-th frame).
+
+    Args:
+        topic: the bag's image topic; by default the only Image/CompressedImage topic of the bag.
+    """
+    for source in sources:
+        source = Path(source)
+        if _is_bag(source):
+            frames = iter_bag_frames(source, topic)
+        else:
+            frames = iter_frames(source)
+        taken = 0
+        for index, frame in enumerate(frames):
+            if index % stride:
+                continue
+            yield frame
+            taken += 1
+            if max_frames_per_source and taken >= max_frames_per_source:
+                break
+
+
+def _is_bag(path: Path) -> bool:
+    return path.suffix in BAG_SUFFIXES or (path.is_dir() and (path / "metadata.yaml").exists())
+
+
+def iter_bag_frames(bag: str | Path, topic: str | None = None) -> Iterator[np.ndarray]:
+    """BGR frames of one image topic of a rosbag2 bag (folder, ``.db3`` or ``.mcap``).
+
+    Raises:
+        FrameSourceError: unreadable bag, no such topic, or a topic that is not an image.
+    """
+    from rosbags.highlevel import AnyReader
+    from rosbags.typesys import Stores, get_typestore
+
+    bag = Path(bag)
+    try:
+        reader = AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_KILTED))
+        reader.open()
+    except Exception as exc:  # rosbags raises several reader errors for broken bags
+        raise FrameSourceError(f"cannot read bag {bag}: {exc}") from exc
+    try:
+        images = {c.topic: c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES}
+        if topic is None:
+            if len(images) != 1:
+                raise FrameSourceError(f"{bag} has image topics {sorted(images)}; choose one")
+            topic = next(iter(images))
+        if topic not in images:
+            all_topics = {c.topic: c.msgtype for c in reader.connections}
+            what = f"is a {all_topics[topic]}" if topic in all_topics else "does not exist"
+            raise FrameSourceError(f"topic {topic!r} of {bag} {what}; image topics: {sorted(images)}")
+        connection = images[topic]
+        for _, _, rawdata in reader.messages(connections=[connection]):
+            msg = reader.deserialize(rawdata, connection.msgtype)
+            try:
+                if connection.msgtype.endswith("CompressedImage"):
+                    image, pixel_format = compressed_image_to_array(msg)
+                else:
+                    image, pixel_format = raw_image_to_array(msg)
+            except ImageFormatError:
+                continue  # a bad frame in a recording is skipped, as the node would
+            yield to_bgr(image, pixel_format)
+    finally:
+        reader.close()
+
+
+def _image_size(path: Path) -> tuple[int, int]:
+    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise FrameSourceError(f"cannot read image {path}")
+    return image.shape[0], image.shape[1]
