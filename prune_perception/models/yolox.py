@@ -256,6 +256,10 @@ class YOLOX(nn.Module):
             return levels
         return levels_to_rows(levels, self.config.strides if self.decode_in_graph else None)
 
+    def logits(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Per-level logits whatever the mode (a teacher in eval mode, for distillation)."""
+        return self.head(self.backbone(images))
+
     def features(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Neck outputs (P3, P4, P5), e.g. for feature imitation."""
         return self.backbone(images)

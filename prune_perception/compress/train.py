@@ -1,0 +1,290 @@
+"""The training loop that recovers a pruned detector: distillation from a teacher, labels, or both.
+
+- AdamW or SGD, linear warm-up then cosine decay, EMA of the weights (``AveragedModel``).
+- Mixed precision (float16 autocast + GradScaler) on CUDA; gradient clipping.
+- Batches are a pure function of (seed, step), so a run resumed from its checkpoint continues
+  exactly where it stopped; checkpoints are written atomically every ``checkpoint_every`` steps.
+- Data parallel over ``torch.distributed`` when started with ``torchrun`` (WORLD_SIZE > 1): each
+  rank takes its share of every batch, DDP averages the gradients, rank 0 writes.
+- BatchNorm statistics are frozen by default: the batches that fit a vehicle-class CPU/GPU are
+  too small to estimate them, and imported BN-folded weights carry none worth re-estimating.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from prune_perception.compress.losses import DistillConfig, detection_loss, distillation_loss, feature_adapters
+from prune_perception.data.augment import AugmentConfig, Sample, augment
+from prune_perception.errors import PrunePerceptionError
+from prune_perception.files import atomic_output
+
+LOGGER = logging.getLogger(__name__)
+CHECKPOINT_NAME = "train_checkpoint.pt"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    steps: int = 300
+    batch_size: int = 8
+    optimizer: str = "adamw"
+    learning_rate: float = 1e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    warmup_steps: int = 20
+    min_learning_rate_ratio: float = 0.05
+    ema_decay: float = 0.998
+    grad_clip_norm: float = 10.0
+    amp: bool = True
+    checkpoint_every: int = 50
+    freeze_batchnorm: bool = True
+    label_weight: float = 0.0
+    """Weight of the detection loss on labels (0: distillation only)."""
+    distill_weight: float = 1.0
+    """Weight of the distillation loss (0: labels only)."""
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "sgd"):
+            raise PrunePerceptionError(f"optimizer must be adamw or sgd, got {self.optimizer!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise PrunePerceptionError("steps and batch_size must be >= 1")
+        if self.label_weight <= 0 and self.distill_weight <= 0:
+            raise PrunePerceptionError("set label_weight or distill_weight (or both) above 0")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, float]] = field(default_factory=list)
+    resumed_from_step: int = 0
+
+    def mean_loss(self, first: int, last: int) -> float:
+        values = [h["loss"] for h in self.history if first <= h["step"] < last]
+        return float(np.mean(values)) if values else math.nan
+
+
+def learning_rate_factor(step: int, config: TrainConfig) -> float:
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.min_learning_rate_ratio + (1 - config.min_learning_rate_ratio) * cosine
+
+
+def batch_for_step(samples: Sequence[Sample], step: int, config: TrainConfig, augment_config: AugmentConfig,
+                   rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The augmented batch of ``step`` (this rank's share): a function of (seed, step) only."""
+    rng = np.random.default_rng([config.seed, step])
+    picks = rng.integers(0, len(samples), size=(config.batch_size, 4))
+    images, targets = [], []
+    for row in range(rank, config.batch_size, world_size):
+        sample = augment([samples[i] for i in picks[row]], augment_config, np.random.default_rng([config.seed, step, row]))
+        images.append(torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1))).float())
+        boxes = torch.from_numpy(sample.boxes_xyxy.astype(np.float32)).reshape(-1, 4)
+        targets.append(torch.cat([torch.from_numpy(sample.class_ids.astype(np.float32))[:, None], boxes], dim=1))
+    return torch.stack(images), targets
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
+
+
+class Trainer:
+    """Trains ``student`` on ``samples``, from ``teacher`` and/or the samples' labels.
+
+    Args:
+        student: a YOLOX-layout model (pruned or not); trained in place.
+        teacher: the model to distil from (same classes), or None for labels only.
+        samples: training images (with boxes for label training); augmented on the fly.
+        output_dir: where the checkpoint is written and from where a run resumes.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        samples: Sequence[Sample],
+        config: TrainConfig,
+        output_dir: str | Path,
+        augment_config: AugmentConfig = AugmentConfig(),
+        distill_config: DistillConfig = DistillConfig(),
+        device: str = "cpu",
+    ) -> None:
+        if config.distill_weight > 0 and teacher is None:
+            raise PrunePerceptionError("distillation needs a teacher")
+        if not samples:
+            raise PrunePerceptionError("no training samples")
+        self.config, self.augment_config, self.distill_config = config, augment_config, distill_config
+        self.device = torch.device(device)
+        self.output_dir = Path(output_dir)
+        self.samples = samples
+        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.rank = dist.get_rank() if self.world_size > 1 else 0
+        self.student = student.to(self.device)
+        self.teacher = teacher.to(self.device).eval() if teacher is not None else None
+        self.strides = tuple(getattr(getattr(student, "config", None), "strides", (8, 16, 32)))
+        self.adapters = None
+        if distill_config.feature_weight > 0:
+            if self.teacher is None or not hasattr(student, "features"):
+                raise PrunePerceptionError("feature imitation needs a teacher and models with .features()")
+            probe = torch.zeros(1, 3, 64, 64, device=self.device)
+            with torch.no_grad():
+                student_channels = [f.shape[1] for f in student.features(probe)]
+                teacher_channels = [f.shape[1] for f in self.teacher.features(probe)]
+            self.adapters = feature_adapters(student_channels, teacher_channels).to(self.device)
+        parameters = list(self.student.parameters()) + (list(self.adapters.parameters()) if self.adapters else [])
+        if config.optimizer == "adamw":
+            self.optimizer = torch.optim.AdamW(parameters, lr=config.learning_rate, weight_decay=config.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(parameters, lr=config.learning_rate, momentum=config.momentum,
+                                             weight_decay=config.weight_decay, nesterov=True)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: learning_rate_factor(step, config))
+        self.use_amp = config.amp and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_amp)
+        self.ema = (AveragedModel(self.student, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
+                    if config.ema_decay > 0 else None)
+        self.trained = self.student
+        if self.world_size > 1:
+            self.trained = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+
+    # ---------------------------------------------------------------- checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.output_dir / CHECKPOINT_NAME
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        state = {
+            "step": self.step,
+            "student": self.student.state_dict(),
+            "adapters": self.adapters.state_dict() if self.adapters else None,
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "history": self.history,
+            "config": asdict(self.config),
+        }
+        with atomic_output(self.checkpoint_path) as tmp:
+            torch.save(state, tmp)
+
+    def try_resume(self) -> int:
+        """Continue from ``output_dir``'s checkpoint if there is one; return its step (0 if none)."""
+        if not self.checkpoint_path.exists():
+            return 0
+        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        saved = {k: v for k, v in state["config"].items() if k not in ("steps", "checkpoint_every")}
+        current = {k: v for k, v in asdict(self.config).items() if k not in ("steps", "checkpoint_every")}
+        if saved != current:
+            raise PrunePerceptionError(
+                f"{self.checkpoint_path} was written with other training settings; delete it to start over"
+            )
+        self.student.load_state_dict(state["student"])
+        if self.adapters is not None and state["adapters"] is not None:
+            self.adapters.load_state_dict(state["adapters"])
+        if self.ema is not None and state["ema"] is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.history = list(state["history"])
+        self.step = int(state["step"])
+        LOGGER.info("resumed training from step %d of %d", self.step, self.config.steps)
+        return self.step
+
+    # ---------------------------------------------------------------- training
+    def _loss(self, images: torch.Tensor, targets: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        parts: dict[str, float] = {}
+        levels = self.trained(images)
+        total = images.new_zeros(())
+        if self.config.distill_weight > 0:
+            with torch.no_grad():
+                teacher_levels = self.teacher.logits(images)
+                teacher_features = self.teacher.features(images) if self.adapters is not None else ()
+            student_features = self.student.features(images) if self.adapters is not None else ()
+            loss, distill_parts = distillation_loss(levels, teacher_levels, self.distill_config, student_features,
+                                                    teacher_features, self.adapters)
+            total = total + self.config.distill_weight * loss
+            parts.update(distill_parts)
+        if self.config.label_weight > 0:
+            loss, label_parts = detection_loss(levels, [t.to(self.device) for t in targets], self.strides)
+            total = total + self.config.label_weight * loss
+            parts.update(label_parts)
+        return total, parts
+
+    def fit(self, progress: bool = True, stop_after: int | None = None,
+            on_step: Callable[[int, dict[str, float]], None] | None = None) -> TrainResult:
+        """Train until ``config.steps`` (or ``stop_after`` more steps, to simulate an interruption)."""
+        resumed = self.try_resume()
+        config = self.config
+        self.teacher_mode()
+        last = config.steps if stop_after is None else min(config.steps, self.step + stop_after)
+        bar = tqdm(total=config.steps, initial=self.step, desc="train", disable=not progress or self.rank != 0,
+                   dynamic_ncols=True)
+        while self.step < last:
+            self.student.train()
+            if config.freeze_batchnorm:
+                _freeze_batchnorm(self.student)
+            images, targets = batch_for_step(self.samples, self.step, config, self.augment_config, self.rank, self.world_size)
+            images = images.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
+                loss, parts = self._loss(images, targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(self.student.parameters(), config.grad_clip_norm)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.student)
+            record = {"step": self.step, "loss": float(loss.detach()), "lr": self.optimizer.param_groups[0]["lr"],
+                      "grad_norm": float(grad_norm), **parts}
+            self.history.append(record)
+            self.step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}")
+            if on_step is not None:
+                on_step(self.step, record)
+            if self.step % config.checkpoint_every == 0 or self.step == config.steps:
+                self.save_checkpoint()
+        bar.close()
+        return TrainResult(list(self.history), resumed)
+
+    def teacher_mode(self) -> None:
+        if self.teacher is not None:
+            self.teacher.eval()
+
+    def trained_model(self) -> nn.Module:
+        """The EMA weights when EMA is on (usually the better model), else the student."""
+        return self.ema.module if self.ema is not None else self.student
+
+
+def init_distributed_from_env() -> tuple[int, int]:
+    """Start torch.distributed when launched by torchrun (WORLD_SIZE > 1); return (rank, world size)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return (dist.get_rank(), world_size) if world_size > 1 else (0, 1)

@@ -1,0 +1,126 @@
+"""Training augmentation: mosaic, random scale and translation, horizontal flip, HSV jitter,
+letterbox. Boxes follow every geometric step. Deterministic for a given random generator.
+
+Images stay BGR uint8 0..255, the input convention of the YOLOX models here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from prune_perception.runtime.metadata import InputSpec
+from prune_perception.runtime.preprocess import letterbox_geometry
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    input_size: int = 416
+    mosaic_probability: float = 0.5
+    flip_probability: float = 0.5
+    scale_range: tuple[float, float] = (0.5, 1.5)
+    translate: float = 0.1
+    hsv_gains: tuple[float, float, float] = (0.015, 0.7, 0.4)
+    """Maximum relative change of hue, saturation and value."""
+    pad_value: int = 114
+    min_box_size: float = 2.0
+
+
+@dataclass
+class Sample:
+    image: np.ndarray  # HxWx3 BGR uint8
+    boxes_xyxy: np.ndarray  # (N, 4) pixels
+    class_ids: np.ndarray  # (N,)
+
+    @classmethod
+    def unlabelled(cls, image: np.ndarray) -> "Sample":
+        return cls(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+
+
+def letterbox(sample: Sample, size: int, pad_value: int = 114) -> Sample:
+    """Resize keeping the aspect ratio into the top-left of a ``size`` square (as the runtime does)."""
+    height, width = sample.image.shape[:2]
+    geometry = letterbox_geometry(width, height, InputSpec(width=size, height=size, pad_value=pad_value))
+    canvas = np.full((size, size, 3), pad_value, np.uint8)
+    canvas[: geometry.resized_height, : geometry.resized_width] = cv2.resize(
+        sample.image, (geometry.resized_width, geometry.resized_height), interpolation=cv2.INTER_LINEAR
+    )
+    return Sample(canvas, sample.boxes_xyxy * geometry.scale, sample.class_ids)
+
+
+def mosaic(samples: list[Sample], size: int, rng: np.random.Generator, pad_value: int = 114) -> Sample:
+    """Four images meeting at a random center of a ``2 size`` canvas (the affine step crops it)."""
+    canvas = np.full((2 * size, 2 * size, 3), pad_value, np.uint8)
+    center_x, center_y = (int(rng.uniform(0.5 * size, 1.5 * size)) for _ in range(2))
+    boxes, classes = [], []
+    for quadrant, sample in enumerate(samples[:4]):
+        height, width = sample.image.shape[:2]
+        geometry = letterbox_geometry(width, height, InputSpec(width=size, height=size))
+        w, h = geometry.resized_width, geometry.resized_height
+        image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_LINEAR)
+        left, top = quadrant % 2 == 0, quadrant < 2  # which side of the center the image lies on
+        x1, x2 = (max(center_x - w, 0), center_x) if left else (center_x, min(center_x + w, 2 * size))
+        y1, y2 = (max(center_y - h, 0), center_y) if top else (center_y, min(center_y + h, 2 * size))
+        source_x = w - (x2 - x1) if left else 0  # keep the part of the image next to the center
+        source_y = h - (y2 - y1) if top else 0
+        canvas[y1:y2, x1:x2] = image[source_y : source_y + (y2 - y1), source_x : source_x + (x2 - x1)]
+        offset = np.array([x1 - source_x, y1 - source_y] * 2, np.float32)
+        boxes.append(sample.boxes_xyxy * geometry.scale + offset)
+        classes.append(sample.class_ids)
+    return _clip(Sample(canvas, np.concatenate(boxes).astype(np.float32), np.concatenate(classes)), 2 * size, 2 * size)
+
+
+def random_affine(sample: Sample, size: int, config: AugmentConfig, rng: np.random.Generator,
+                  source_size: int | None = None) -> Sample:
+    """Random scale about the source center and random translation, into a ``size`` square."""
+    source_size = source_size or size
+    scale = rng.uniform(*config.scale_range)
+    shift_x, shift_y = rng.uniform(-config.translate, config.translate, 2) * size
+    matrix = np.array([[scale, 0, 0], [0, scale, 0]], np.float64)
+    # scale about the source center, place that center at the output center plus the shift
+    matrix[:, 2] = [size / 2 + shift_x - scale * source_size / 2, size / 2 + shift_y - scale * source_size / 2]
+    image = cv2.warpAffine(sample.image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+                           borderValue=(config.pad_value,) * 3)
+    boxes = sample.boxes_xyxy * scale + np.tile(matrix[:, 2], 2)
+    return _clip(Sample(image, boxes.astype(np.float32), sample.class_ids), size, size, config.min_box_size)
+
+
+def hsv_jitter(image: np.ndarray, gains: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    factors = rng.uniform(-1, 1, 3) * np.asarray(gains) + 1
+    hue, saturation, value = cv2.split(cv2.cvtColor(image, cv2.COLOR_BGR2HSV))
+    lut = np.arange(256, dtype=np.float64)
+    hue = cv2.LUT(hue, ((lut * factors[0]) % 180).astype(np.uint8))
+    saturation = cv2.LUT(saturation, np.clip(lut * factors[1], 0, 255).astype(np.uint8))
+    value = cv2.LUT(value, np.clip(lut * factors[2], 0, 255).astype(np.uint8))
+    return cv2.cvtColor(cv2.merge([hue, saturation, value]), cv2.COLOR_HSV2BGR)
+
+
+def horizontal_flip(sample: Sample) -> Sample:
+    width = sample.image.shape[1]
+    boxes = sample.boxes_xyxy.copy()
+    boxes[:, [0, 2]] = width - sample.boxes_xyxy[:, [2, 0]]
+    return Sample(np.ascontiguousarray(sample.image[:, ::-1]), boxes, sample.class_ids)
+
+
+def augment(samples: list[Sample], config: AugmentConfig, rng: np.random.Generator) -> Sample:
+    """One training sample from ``samples[0]`` (and, for mosaic, three more)."""
+    size = config.input_size
+    if len(samples) >= 4 and rng.random() < config.mosaic_probability:
+        result = random_affine(mosaic(samples, size, rng, config.pad_value), size, config, rng, source_size=2 * size)
+    else:
+        result = random_affine(letterbox(samples[0], size, config.pad_value), size, config, rng)
+    if rng.random() < config.flip_probability:
+        result = horizontal_flip(result)
+    if any(config.hsv_gains):
+        result = Sample(hsv_jitter(result.image, config.hsv_gains, rng), result.boxes_xyxy, result.class_ids)
+    return result
+
+
+def _clip(sample: Sample, width: int, height: int, min_size: float = 2.0) -> Sample:
+    boxes = sample.boxes_xyxy.copy()
+    boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
+    boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
+    keep = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
+    return Sample(sample.image, boxes[keep], sample.class_ids[keep])

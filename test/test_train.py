@@ -1,0 +1,126 @@
+"""Recovering a pruned detector: augmentation, losses, and the training loop (resume included)."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from prune_perception.compress.losses import DistillConfig, assign_targets, detection_loss, distillation_loss
+from prune_perception.compress.prune import PruneConfig, prune_model
+from prune_perception.compress.train import TrainConfig, Trainer, batch_for_step
+from prune_perception.data.augment import AugmentConfig, Sample, augment, horizontal_flip, letterbox
+from prune_perception.data.datasets import load_yolo_dataset
+from prune_perception.models.weights import load_onnx_weights
+from prune_perception.models.yolox import build_yolox
+
+SIZE = 256
+
+
+@pytest.fixture(scope="module")
+def teacher(yolox_nano_path):
+    return load_onnx_weights(build_yolox("yolox_nano"), yolox_nano_path, input_size=416).eval()
+
+
+@pytest.fixture(scope="module")
+def samples(coco128_dir):
+    items = load_yolo_dataset(coco128_dir / "images")[:12]
+    return [Sample(i.read(), i.boxes_xyxy.astype(np.float32), i.class_ids) for i in items]
+
+
+@pytest.fixture(scope="module")
+def eval_batch(samples):
+    images = [letterbox(s, SIZE).image.transpose(2, 0, 1) for s in samples[:6]]
+    return torch.from_numpy(np.stack(images)).float()
+
+
+def pruned(teacher, ratio=0.5):
+    student = copy.deepcopy(teacher)
+    prune_model(student, PruneConfig(channel_ratio=ratio), torch.zeros(1, 3, SIZE, SIZE))
+    return student
+
+
+def held_out_distill_loss(student, teacher, batch):
+    with torch.no_grad():
+        return float(distillation_loss(student.logits(batch), teacher.logits(batch), DistillConfig())[0])
+
+
+def test_augmentation_is_deterministic_and_boxes_follow(samples):
+    config = AugmentConfig(input_size=SIZE, mosaic_probability=1.0)
+    first = augment(samples[:4], config, np.random.default_rng(7))
+    again = augment(samples[:4], config, np.random.default_rng(7))
+    np.testing.assert_array_equal(first.image, again.image)
+    np.testing.assert_array_equal(first.boxes_xyxy, again.boxes_xyxy)
+    assert first.image.shape == (SIZE, SIZE, 3) and len(first.boxes_xyxy) > 0
+    assert np.all(first.boxes_xyxy >= 0) and np.all(first.boxes_xyxy <= SIZE)
+    flipped = horizontal_flip(Sample(np.zeros((10, 20, 3), np.uint8), np.array([[2.0, 1, 5, 4]]), np.array([0])))
+    np.testing.assert_array_equal(flipped.boxes_xyxy, [[15, 1, 18, 4]])
+
+
+def test_center_sampling_assignment():
+    grid = torch.tensor([[0.0, 0], [1, 0], [2, 0], [3, 0]])
+    strides = torch.full((4,), 8.0)  # cell centers at x = 4, 12, 20, 28; y = 4
+    boxes = torch.tensor([[0.0, 0, 16, 8], [0.0, 0, 32, 8]])
+    assigned = assign_targets(boxes, grid, strides)
+    # cells 0 and 1 lie in both boxes and take the smaller; cells 2, 3 only in the larger
+    assert assigned.tolist() == [0, 0, 1, 1]
+    assert assign_targets(torch.zeros((0, 4)), grid, strides).tolist() == [-1] * 4
+
+
+def test_detection_loss_prefers_the_right_answer():
+    model = build_yolox("yolox_nano", num_classes=3).train()
+    levels = model(torch.zeros(1, 3, 64, 64))
+    target = [torch.tensor([[1.0, 8, 8, 40, 40]])]
+    loss, parts = detection_loss(levels, target, (8, 16, 32))
+    assert parts["label_positives"] > 0 and torch.isfinite(loss)
+    empty, _ = detection_loss(levels, [torch.zeros((0, 5))], (8, 16, 32))
+    assert empty < loss  # no objects: only the (small, prior-initialised) objectness term
+
+
+def test_a_few_distillation_steps_lower_the_distillation_loss(teacher, samples, eval_batch, tmp_path):
+    student = pruned(teacher)
+    before = held_out_distill_loss(student, teacher, eval_batch)
+    config = TrainConfig(steps=25, batch_size=4, learning_rate=2e-3, warmup_steps=3, ema_decay=0, checkpoint_every=1000)
+    Trainer(student, teacher, samples, config, tmp_path, AugmentConfig(input_size=SIZE)).fit(progress=False)
+    after = held_out_distill_loss(student, teacher, eval_batch)
+    assert after < 0.9 * before, (before, after)
+
+
+def test_label_fine_tuning_and_feature_imitation_run(teacher, samples, tmp_path):
+    student = pruned(teacher)
+    config = TrainConfig(steps=4, batch_size=2, label_weight=1.0, distill_weight=1.0, checkpoint_every=1000)
+    trainer = Trainer(student, teacher, samples, config, tmp_path, AugmentConfig(input_size=SIZE),
+                      DistillConfig(feature_weight=1.0))
+    history = trainer.fit(progress=False).history
+    assert len(history) == 4
+    assert {"label_box", "label_objectness", "distill_feature", "lr", "grad_norm"} <= set(history[-1])
+    assert all(np.isfinite(h["loss"]) for h in history)
+    assert history[0]["lr"] < history[1]["lr"]  # warm-up
+
+
+def test_interrupted_training_resumes_to_the_same_weights(teacher, samples, tmp_path):
+    config = TrainConfig(steps=8, batch_size=2, learning_rate=1e-3, warmup_steps=2, checkpoint_every=3, ema_decay=0.9)
+    augment_config = AugmentConfig(input_size=SIZE)
+    reference = pruned(teacher)
+    start = copy.deepcopy(reference)
+    Trainer(reference, teacher, samples, config, tmp_path / "straight", augment_config).fit(progress=False)
+
+    first = copy.deepcopy(start)
+    Trainer(first, teacher, samples, config, tmp_path / "interrupted", augment_config).fit(progress=False, stop_after=5)
+    # the process dies after step 5; the last checkpoint is from step 3
+    resumed = copy.deepcopy(start)
+    trainer = Trainer(resumed, teacher, samples, config, tmp_path / "interrupted", augment_config)
+    result = trainer.fit(progress=False)
+    assert result.resumed_from_step == 3 and [h["step"] for h in result.history] == list(range(8))
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_batches_depend_only_on_seed_and_step(samples):
+    config = TrainConfig(batch_size=4)
+    a, _ = batch_for_step(samples, 11, config, AugmentConfig(input_size=SIZE))
+    b, _ = batch_for_step(samples, 11, config, AugmentConfig(input_size=SIZE))
+    c, _ = batch_for_step(samples, 12, config, AugmentConfig(input_size=SIZE))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    share, _ = batch_for_step(samples, 11, config, AugmentConfig(input_size=SIZE), rank=1, world_size=2)
+    assert torch.equal(share, a[1::2])  # a rank's share of the same batch
