@@ -1,0 +1,44 @@
+"""Measured model latency, several models interleaved in one run so that they see the same
+machine state; results are best read as ratios to a reference model."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from prune_perception.eval.latency import LatencySummary
+from prune_perception.runtime.backends import create_backend
+
+
+def measure_latency(
+    models: Mapping[str, str | Path],
+    inputs: Sequence[np.ndarray],
+    runs: int = 50,
+    warmup: int = 5,
+    backend: str = "auto",
+    device: str = "cpu",
+    intra_op_threads: int = 0,
+) -> dict[str, LatencySummary]:
+    """Inference latency of each model (model call only, no pre/postprocessing).
+
+    Every round runs each model once on the same input, in rotating order; onnxruntime sessions
+    do not spin between runs, so one model's idle threads do not slow the next.
+    """
+    backends = {name: create_backend(path, backend, device, intra_op_threads=intra_op_threads) for name, path in models.items()}
+    names = list(backends)
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(warmup + runs):
+        tensor = inputs[round_index % len(inputs)]
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            start = time.perf_counter()
+            backends[name].infer(tensor)
+            elapsed_ms = (time.perf_counter() - start) * 1e3
+            if round_index >= warmup:
+                samples[name].append(elapsed_ms)
+    for item in backends.values():
+        item.close()
+    return {name: LatencySummary.of(values) for name, values in samples.items()}
