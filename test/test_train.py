@@ -124,3 +124,18 @@ def test_batches_depend_only_on_seed_and_step(samples):
     assert torch.equal(a, b) and not torch.equal(a, c)
     share, _ = batch_for_step(samples, 11, config, AugmentConfig(input_size=SIZE), rank=1, world_size=2)
     assert torch.equal(share, a[1::2])  # a rank's share of the same batch
+
+
+def test_unlabelled_images_take_no_part_in_the_label_loss():
+    model = build_yolox("yolox_nano", num_classes=3).train()
+    levels = model(torch.zeros(2, 3, 64, 64))
+    box = torch.tensor([[1.0, 8, 8, 40, 40]])
+    only_first, _ = detection_loss([level[:1] for level in levels], [box], (8, 16, 32))
+    with_unlabelled, _ = detection_loss(levels, [box, None], (8, 16, 32))
+    torch.testing.assert_close(with_unlabelled, only_first)  # the unlabelled image adds no background loss
+    nothing, parts = detection_loss(levels, [None, None], (8, 16, 32))
+    assert float(nothing) == 0.0 and parts["label_positives"] == 0
+    mosaic_of_mixed = augment([Sample(np.zeros((32, 32, 3), np.uint8), np.zeros((0, 4)), np.zeros(0)),
+                               Sample.unlabelled(np.zeros((32, 32, 3), np.uint8))] * 2,
+                              AugmentConfig(input_size=64, mosaic_probability=1.0), np.random.default_rng(0))
+    assert mosaic_of_mixed.labelled is False

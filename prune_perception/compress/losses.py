@@ -130,13 +130,14 @@ def assign_targets(boxes: torch.Tensor, grid: torch.Tensor, strides: torch.Tenso
 
 
 def detection_loss(
-    levels: Sequence[torch.Tensor], targets: Sequence[torch.Tensor], strides: Sequence[int], box_weight: float = 5.0
+    levels: Sequence[torch.Tensor], targets: Sequence[torch.Tensor | None], strides: Sequence[int], box_weight: float = 5.0
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """YOLOX-style loss on labels: GIoU on positive boxes, BCE objectness on every cell, BCE
     classes on positives with IoU-scaled one-hot targets; normalised by the number of positives.
 
     Args:
-        targets: per image a ``(M, 5)`` tensor of ``class, x1, y1, x2, y2`` in input pixels.
+        targets: per image a ``(M, 5)`` tensor of ``class, x1, y1, x2, y2`` in input pixels, or
+            None for an unlabelled image, which then takes no part in this loss.
     """
     rows = flatten_levels(levels)
     grid, cell_strides = _grid(levels, strides)
@@ -144,7 +145,10 @@ def detection_loss(
     predicted = decode_boxes(rows, grid, cell_strides)
     box_terms, class_terms, objectness_targets = [], [], torch.zeros_like(rows[..., 4])
     positives = 0
+    labelled = torch.tensor([t is not None for t in targets], device=rows.device)
     for index, target in enumerate(targets):
+        if target is None:
+            continue
         assigned = assign_targets(target[:, 1:5], grid, cell_strides)
         foreground = assigned >= 0
         count = int(foreground.sum())
@@ -158,7 +162,11 @@ def detection_loss(
         class_target = F.one_hot(matched[:, 0].long(), num_classes).float() * iou.detach().clamp(min=0)[:, None]
         class_terms.append(F.binary_cross_entropy_with_logits(rows[index, foreground, 5:], class_target, reduction="sum"))
     normaliser = max(positives, 1)
-    objectness = F.binary_cross_entropy_with_logits(rows[..., 4], objectness_targets, reduction="sum") / normaliser
+    if not labelled.any():
+        zero = rows.sum() * 0.0
+        return zero, {"label_box": 0.0, "label_objectness": 0.0, "label_classes": 0.0, "label_positives": 0.0}
+    objectness = F.binary_cross_entropy_with_logits(
+        rows[labelled][..., 4], objectness_targets[labelled], reduction="sum") / normaliser
     box = torch.stack(box_terms).sum() / normaliser if box_terms else rows.new_zeros(())
     classes = torch.stack(class_terms).sum() / normaliser if class_terms else rows.new_zeros(())
     total = box_weight * box + objectness + classes

@@ -84,8 +84,9 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
 
 
 def batch_for_step(samples: Sequence[Sample], step: int, config: TrainConfig, augment_config: AugmentConfig,
-                   rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The augmented batch of ``step`` (this rank's share): a function of (seed, step) only."""
+                   rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """The augmented batch of ``step`` (this rank's share): a function of (seed, step) only.
+    Targets are ``(M, 5)`` class+xyxy tensors, or None for images without labels."""
     rng = np.random.default_rng([config.seed, step])
     picks = rng.integers(0, len(samples), size=(config.batch_size, 4))
     images, targets = [], []
@@ -93,7 +94,8 @@ def batch_for_step(samples: Sequence[Sample], step: int, config: TrainConfig, au
         sample = augment([samples[i] for i in picks[row]], augment_config, np.random.default_rng([config.seed, step, row]))
         images.append(torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1))).float())
         boxes = torch.from_numpy(sample.boxes_xyxy.astype(np.float32)).reshape(-1, 4)
-        targets.append(torch.cat([torch.from_numpy(sample.class_ids.astype(np.float32))[:, None], boxes], dim=1))
+        target = torch.cat([torch.from_numpy(sample.class_ids.astype(np.float32))[:, None], boxes], dim=1)
+        targets.append(target if sample.labelled else None)
     return torch.stack(images), targets
 
 
@@ -212,7 +214,7 @@ class Trainer:
         return self.step
 
     # ---------------------------------------------------------------- training
-    def _loss(self, images: torch.Tensor, targets: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, images: torch.Tensor, targets: list[torch.Tensor | None]) -> tuple[torch.Tensor, dict[str, float]]:
         parts: dict[str, float] = {}
         levels = self.trained(images)
         total = images.new_zeros(())
@@ -226,7 +228,8 @@ class Trainer:
             total = total + self.config.distill_weight * loss
             parts.update(distill_parts)
         if self.config.label_weight > 0:
-            loss, label_parts = detection_loss(levels, [t.to(self.device) for t in targets], self.strides)
+            loss, label_parts = detection_loss(levels, [None if t is None else t.to(self.device) for t in targets],
+                                               self.strides)
             total = total + self.config.label_weight * loss
             parts.update(label_parts)
         return total, parts

@@ -33,10 +33,12 @@ class Sample:
     image: np.ndarray  # HxWx3 BGR uint8
     boxes_xyxy: np.ndarray  # (N, 4) pixels
     class_ids: np.ndarray  # (N,)
+    labelled: bool = True
+    """False for distillation-only images: no boxes does not mean no objects."""
 
     @classmethod
     def unlabelled(cls, image: np.ndarray) -> "Sample":
-        return cls(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64))
+        return cls(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), labelled=False)
 
 
 def letterbox(sample: Sample, size: int, pad_value: int = 114) -> Sample:
@@ -47,7 +49,7 @@ def letterbox(sample: Sample, size: int, pad_value: int = 114) -> Sample:
     canvas[: geometry.resized_height, : geometry.resized_width] = cv2.resize(
         sample.image, (geometry.resized_width, geometry.resized_height), interpolation=cv2.INTER_LINEAR
     )
-    return Sample(canvas, sample.boxes_xyxy * geometry.scale, sample.class_ids)
+    return Sample(canvas, sample.boxes_xyxy * geometry.scale, sample.class_ids, sample.labelled)
 
 
 def mosaic(samples: list[Sample], size: int, rng: np.random.Generator, pad_value: int = 114) -> Sample:
@@ -69,7 +71,8 @@ def mosaic(samples: list[Sample], size: int, rng: np.random.Generator, pad_value
         offset = np.array([x1 - source_x, y1 - source_y] * 2, np.float32)
         boxes.append(sample.boxes_xyxy * geometry.scale + offset)
         classes.append(sample.class_ids)
-    return _clip(Sample(canvas, np.concatenate(boxes).astype(np.float32), np.concatenate(classes)), 2 * size, 2 * size)
+    labelled = all(sample.labelled for sample in samples[:4])
+    return _clip(Sample(canvas, np.concatenate(boxes).astype(np.float32), np.concatenate(classes), labelled), 2 * size, 2 * size)
 
 
 def random_affine(sample: Sample, size: int, config: AugmentConfig, rng: np.random.Generator,
@@ -84,7 +87,7 @@ def random_affine(sample: Sample, size: int, config: AugmentConfig, rng: np.rand
     image = cv2.warpAffine(sample.image, matrix, (size, size), flags=cv2.INTER_LINEAR,
                            borderValue=(config.pad_value,) * 3)
     boxes = sample.boxes_xyxy * scale + np.tile(matrix[:, 2], 2)
-    return _clip(Sample(image, boxes.astype(np.float32), sample.class_ids), size, size, config.min_box_size)
+    return _clip(Sample(image, boxes.astype(np.float32), sample.class_ids, sample.labelled), size, size, config.min_box_size)
 
 
 def hsv_jitter(image: np.ndarray, gains: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
@@ -101,7 +104,7 @@ def horizontal_flip(sample: Sample) -> Sample:
     width = sample.image.shape[1]
     boxes = sample.boxes_xyxy.copy()
     boxes[:, [0, 2]] = width - sample.boxes_xyxy[:, [2, 0]]
-    return Sample(np.ascontiguousarray(sample.image[:, ::-1]), boxes, sample.class_ids)
+    return Sample(np.ascontiguousarray(sample.image[:, ::-1]), boxes, sample.class_ids, sample.labelled)
 
 
 def augment(samples: list[Sample], config: AugmentConfig, rng: np.random.Generator) -> Sample:
@@ -114,7 +117,7 @@ def augment(samples: list[Sample], config: AugmentConfig, rng: np.random.Generat
     if rng.random() < config.flip_probability:
         result = horizontal_flip(result)
     if any(config.hsv_gains):
-        result = Sample(hsv_jitter(result.image, config.hsv_gains, rng), result.boxes_xyxy, result.class_ids)
+        result = Sample(hsv_jitter(result.image, config.hsv_gains, rng), result.boxes_xyxy, result.class_ids, result.labelled)
     return result
 
 
@@ -123,4 +126,4 @@ def _clip(sample: Sample, width: int, height: int, min_size: float = 2.0) -> Sam
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
-    return Sample(sample.image, boxes[keep], sample.class_ids[keep])
+    return Sample(sample.image, boxes[keep], sample.class_ids[keep], sample.labelled)

@@ -1,0 +1,156 @@
+"""The ``prune-perception compress`` configuration: YAML sections mapped onto dataclasses.
+
+Unknown keys are errors (a typo must not silently fall back to a default), and every value can
+be overridden from the command line as ``--set section.key=value`` (YAML syntax for the value).
+``config/compress.yaml`` documents every option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from prune_perception.compress.losses import DistillConfig
+from prune_perception.compress.train import TrainConfig
+from prune_perception.data.augment import AugmentConfig
+from prune_perception.errors import PrunePerceptionError
+
+
+class ConfigError(PrunePerceptionError):
+    """The compress configuration is malformed."""
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    onnx: str | None = None
+    """BN-folded ONNX export of the teacher to import (e.g. yolox_nano.onnx)."""
+    checkpoint: str | None = None
+    """Or an official YOLOX checkpoint (.pth with {"model": state_dict})."""
+    variant: str = "yolox_nano"
+    num_classes: int = 80
+    class_names: list[str] | None = None
+    """None: COCO names for 80 classes, class_<i> otherwise."""
+    input_size: int = 416
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    labelled: str | None = None
+    """Images folder of a YOLO-txt dataset (labels in the sibling 'labels' folder)."""
+    coco_json: str | None = None
+    """Or a COCO json (then 'labelled' is its images folder)."""
+    validation_fraction: float = 0.25
+    max_labelled: int = 0
+    unlabelled: list[str] = field(default_factory=list)
+    """Image folders, videos and rosbag2 bags for distillation (and teacher-fidelity evaluation)."""
+    unlabelled_max_frames: int = 200
+    unlabelled_stride: int = 1
+    bag_topic: str | None = None
+    fidelity_frames: int = 40
+    """Frames of the unlabelled sources kept out of training to measure fidelity to the teacher."""
+
+
+@dataclass(frozen=True)
+class PruneSection:
+    importance: str = "l2"
+    ratios: list[float] = field(default_factory=lambda: [0.3])
+    """One student per channel ratio: the sweep gives the accuracy/latency Pareto front."""
+    macs_fraction: float | None = None
+    params_fraction: float | None = None
+    global_pruning: bool = False
+    iterative_steps: int = 1
+    round_to: int = 8
+    max_layer_ratio: float = 0.9
+
+
+@dataclass(frozen=True)
+class EvaluateSection:
+    latency_runs: int = 50
+    latency_warmup: int = 5
+    latency_threads: int = 0
+    max_validation_images: int = 0
+
+
+@dataclass(frozen=True)
+class ExportSection:
+    decode_in_graph: bool = False
+    int8: bool = True
+    int8_calibration_images: int = 32
+    int8_method: str = "minmax"
+    int8_target_score_cosine: float = 0.99
+    int8_max_float_fraction: float = 0.3
+    tensorrt: bool = True
+    """Build TensorRT engines where TensorRT is installed (skipped with a message elsewhere)."""
+    tensorrt_precision: str = "fp16"
+    tensorrt_workspace_mb: int = 2048
+
+
+@dataclass(frozen=True)
+class CompressConfig:
+    output_dir: str = "runs/compress"
+    seed: int = 0
+    device: str = "cpu"
+    teacher: TeacherConfig = TeacherConfig()
+    data: DataConfig = DataConfig()
+    prune: PruneSection = PruneSection()
+    train: TrainConfig = TrainConfig()
+    distill: DistillConfig = DistillConfig()
+    augment: AugmentConfig = AugmentConfig()
+    evaluate: EvaluateSection = EvaluateSection()
+    export: ExportSection = ExportSection()
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where or 'the configuration'} must be a mapping, got {type(values).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown option(s) {', '.join(where + k for k in unknown)}; valid: {', '.join(sorted(fields))}")
+    arguments = {}
+    for name, value in values.items():
+        default = getattr(cls(), name) if name in fields else None
+        if dataclasses.is_dataclass(default):
+            arguments[name] = _build(type(default), value or {}, f"{where}{name}.")
+        elif isinstance(default, tuple) and isinstance(value, list):
+            arguments[name] = tuple(value)
+        else:
+            arguments[name] = value
+    try:
+        return cls(**arguments)
+    except (TypeError, ValueError, PrunePerceptionError) as exc:
+        raise ConfigError(f"{where.rstrip('.') or 'configuration'}: {exc}") from exc
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """``section.key=value`` (value parsed as YAML) into the raw configuration mapping."""
+    if "=" not in assignment:
+        raise ConfigError(f"override {assignment!r} must look like section.key=value")
+    path, text = assignment.split("=", 1)
+    keys = path.strip().split(".")
+    target = data
+    for key in keys[:-1]:
+        target = target.setdefault(key, {})
+        if not isinstance(target, dict):
+            raise ConfigError(f"override {assignment!r}: {key} is not a section")
+    target[keys[-1]] = yaml.safe_load(text)
+
+
+def load_compress_config(path: str | Path | None, overrides: list[str] = ()) -> CompressConfig:
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read {path}: {exc}") from exc
+    for assignment in overrides:
+        apply_override(data, assignment)
+    return _build(CompressConfig, data, "")
+
+
+def config_to_dict(config: CompressConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
