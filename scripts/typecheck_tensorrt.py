@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CHECKED = [
     "prune_perception/runtime/backends/tensorrt_backend.py",
     "prune_perception/runtime/backends/cuda_memory.py",
+    "prune_perception/export/tensorrt_engine.py",
 ]
 KEYWORD_PARAMETER = re.compile(r"\b(in|out)\s*:")
 SIGNATURE = re.compile(r"^(\s*def \w+\()(.*)(\)\s*->.*)$")

@@ -97,6 +97,17 @@ def cmd_detect(args: argparse.Namespace) -> int:
     return status
 
 
+def cmd_compress(args: argparse.Namespace) -> int:
+    """Run the whole compression pipeline (or resume it) and print the report table."""
+    from prune_perception.compress.config import load_compress_config
+    from prune_perception.compress.pipeline import CompressionRun
+
+    config = load_compress_config(args.config, args.set or [])
+    summary = CompressionRun(config, progress=not args.no_progress).run()
+    print((Path(config.output_dir) / "report.md").read_text())
+    return 0 if summary["models"] else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prune-perception", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -111,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
     live.add_argument("--budget-ms", type=float, default=0.0, help="override the preset's latency budget")
     live.add_argument("--output", type=Path, default=Path("runs/live_demo"))
     live.set_defaults(handler=cmd_live_demo)
+
+    compress = commands.add_parser("compress", help="prune, distil, quantize and export a detector, with a report")
+    compress.add_argument("--config", type=Path, default=Path("config/compress.yaml"))
+    compress.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override an option (repeatable)")
+    compress.add_argument("--no-progress", action="store_true", help="no progress bars")
+    compress.set_defaults(handler=cmd_compress)
 
     detect = commands.add_parser("detect", help="detect objects in images, print JSON lines")
     detect.add_argument("--model", type=Path, required=True)
