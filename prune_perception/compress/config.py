@@ -66,6 +66,16 @@ class PruneSection:
     round_to: int = 8
     max_layer_ratio: float = 0.9
 
+    def __post_init__(self) -> None:
+        from prune_perception.compress.prune import IMPORTANCE_CRITERIA
+
+        if self.importance not in IMPORTANCE_CRITERIA:
+            raise ValueError(f"importance must be one of {IMPORTANCE_CRITERIA}, got {self.importance!r}")
+        if not self.ratios and self.macs_fraction is None and self.params_fraction is None:
+            raise ValueError("set ratios, macs_fraction or params_fraction")
+        if any(not 0 < ratio < 1 for ratio in self.ratios):
+            raise ValueError(f"ratios must be in (0, 1), got {self.ratios}")
+
 
 @dataclass(frozen=True)
 class EvaluateSection:

@@ -104,12 +104,20 @@ def make_importance(name: str) -> Any:
     }[name]()
 
 
-def protected_layers(model: nn.Module) -> list[nn.Module]:
-    """The head's output convolutions (class, box, objectness): their channels are the output format."""
+def protected_layers(model: nn.Module, round_to: int = 1) -> list[nn.Module]:
+    """Layers whose output channels are never pruned.
+
+    - The head's output convolutions (class, box, objectness): their channels are the output format.
+    - Convolutions with at most ``2 * round_to`` output channels: rounding a pruned count to a
+      multiple of ``round_to`` would remove half of them (YOLOX-Nano's 16-channel layers would
+      drop to 8 at any ratio; measured: AP 0.43 -> 0.002 at a 10% ratio).
+    """
     head = getattr(model, "head", None)
     if head is None:
         raise PruningError(f"{type(model).__name__} has no .head; name the layers to protect")
-    return [conv for name in ("cls_preds", "reg_preds", "obj_preds") for conv in getattr(head, name)]
+    outputs = [conv for name in ("cls_preds", "reg_preds", "obj_preds") for conv in getattr(head, name)]
+    narrow = [m for m in model.modules() if isinstance(m, nn.Conv2d) and m.out_channels <= 2 * round_to and m not in outputs]
+    return outputs + narrow
 
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
@@ -149,7 +157,7 @@ def prune_model(
     pruner = tp.pruner.BasePruner(
         model, example_inputs, importance=make_importance(config.importance), global_pruning=config.global_pruning,
         pruning_ratio=ratio, max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
-        ignored_layers=protected_layers(model), round_to=config.round_to,
+        ignored_layers=protected_layers(model, config.round_to), round_to=config.round_to,
     )
     history = []
     reached = 0.0

@@ -51,7 +51,7 @@ def export_onnx(
     decode_in_graph: bool = False,
     simplify: bool = True,
     sample_inputs: Sequence[np.ndarray] = (),
-    parity_threshold: float = 1e-4,
+    parity_threshold: float = 1e-3,
 ) -> OnnxExportResult:
     """Export ``model`` (a YOLOX-layout detector) to ``output_path`` and write its sidecar.
 

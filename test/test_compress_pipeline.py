@@ -1,0 +1,102 @@
+"""`prune-perception compress` end to end on a tiny configuration, and its output in the runtime
+and in a real detector_node process."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from prune_perception.compress.config import ConfigError, load_compress_config
+from prune_perception.runtime.detector import Detector
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(output_dir, yolox_nano_path, coco128_dir, dashcam_path):
+    return [
+        f"output_dir={output_dir}", f"teacher.onnx={yolox_nano_path}", f"data.labelled={coco128_dir / 'images'}",
+        f"data.unlabelled=[{dashcam_path}]", "data.unlabelled_max_frames=24", "data.max_labelled=24",
+        "data.fidelity_frames=6", "prune.ratios=[0.3]", "train.steps=4", "train.batch_size=2",
+        "train.checkpoint_every=2", "augment.input_size=256", "evaluate.latency_runs=3",
+        "export.int8_calibration_images=8", "export.int8_max_float_fraction=0.1",
+    ]
+
+
+def run_compress(overrides):
+    command = [sys.executable, "-m", "prune_perception.cli.main", "compress", "--config", str(ROOT / "config" / "compress.yaml"),
+               "--no-progress"] + [item for override in overrides for item in ("--set", override)]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory, yolox_nano_path, coco128_dir, dashcam_path):
+    output = tmp_path_factory.mktemp("compress")
+    overrides = tiny_overrides(output, yolox_nano_path, coco128_dir, dashcam_path)
+    started = time.monotonic()
+    result = run_compress(overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return output, overrides, time.monotonic() - started
+
+
+def test_compress_writes_models_and_report(compressed):
+    output, _, _ = compressed
+    folder = output / "ratio_0.30"
+    for name in ("pruned.pt", "pruned.onnx", "student.pt", "student.onnx", "student.onnx.json", "student_int8.onnx",
+                 "student_int8.onnx.json", "train/train_checkpoint.pt", "training_history.json"):
+        assert (folder / name).exists(), name
+    for name in ("report.md", "report.json", "pareto.png", "training_curves.png", "config.yaml", "teacher/teacher.onnx"):
+        assert (output / name).exists(), name
+    report = json.loads((output / "report.json").read_text())
+    kinds = [model["kind"] for model in report["models"]]
+    assert kinds == ["teacher", "pruned", "distilled", "int8"]
+    teacher, pruned, distilled, int8 = report["models"]
+    assert teacher["ap"] > 0.2 and teacher["speedup"] == pytest.approx(1.0)
+    assert distilled["params"] < 0.6 * teacher["params"] and distilled["macs"] < 0.6 * teacher["macs"]
+    assert distilled["latency_p50_ms"] > 0 and int8["file_mb"] < distilled["file_mb"]
+    assert report["tensorrt"] and "sparse tensor cores" in report["sparsity"]
+    assert not list(output.rglob("*.tmp"))  # no half-written files
+
+
+def test_compressed_model_loads_in_the_detector_and_the_node(compressed, dashcam_frames, rclpy_session):
+    output, _, _ = compressed
+    student = output / "ratio_0.30" / "student.onnx"
+    detector = Detector(student, device="cpu")
+    assert detector.metadata.source == "sidecar" and detector.metadata.num_classes == 80
+    detector.detect(dashcam_frames[0])
+
+    from prune_perception.ros.live_session import DETECTOR_MODULE, LiveRecorder, NodeProcess, ros_arguments
+
+    node = NodeProcess(DETECTOR_MODULE, ros_arguments({"model_path": str(student)}, namespace="/compressed"),
+                       output / "node.log").start()
+    recorder = LiveRecorder(detector_name="compressed/detector_node")
+    try:
+        ready = recorder.spin_until(
+            lambda: any(d.values.get("model_ready") == "true" for d in recorder.diagnostics), 60, [node])
+        assert ready, node.log_text()
+        assert "metadata from sidecar" in node.log_text()
+    finally:
+        recorder.destroy_node()
+        node.stop()
+
+
+def test_second_run_resumes_instead_of_retraining(compressed):
+    output, overrides, first_duration = compressed
+    before = (output / "ratio_0.30" / "student.pt").stat().st_mtime_ns
+    result = run_compress(overrides)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (output / "ratio_0.30" / "student.pt").stat().st_mtime_ns == before  # not trained again
+
+
+def test_bad_configuration_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="unknown option.*train.stpes"):
+        load_compress_config(None, ["train.stpes=3"])
+    with pytest.raises(ConfigError, match="prune: importance must be one of"):
+        load_compress_config(None, ["prune.importance=entropy"])
+    with pytest.raises(ConfigError, match="ratios must be in"):
+        load_compress_config(None, ["prune.ratios=[1.5]"])
+    result = subprocess.run([sys.executable, "-m", "prune_perception.cli.main", "compress", "--config",
+                             str(tmp_path / "missing.yaml")], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 1 and "cannot read" in result.stderr and "Traceback" not in result.stderr
