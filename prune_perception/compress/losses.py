@@ -17,7 +17,8 @@ from torch import nn
 class DistillConfig:
     """Weights of the distillation terms.
 
-    - objectness: BCE of the student's objectness logits against the teacher's probabilities.
+    - objectness: BCE of the student's objectness logits against the teacher's probabilities,
+      summed over cells and divided by the teacher's total objectness.
     - classes: BCE against the teacher's class probabilities, weighted per cell by the teacher's
       objectness (background cells carry no class information).
     - box: L1 on the raw box regression where the teacher is confident
@@ -52,7 +53,11 @@ def distillation_loss(
     teacher_objectness = torch.sigmoid(teacher[..., 4] / temperature)
     teacher_classes = torch.sigmoid(teacher[..., 5:] / temperature)
 
-    objectness = F.binary_cross_entropy_with_logits(student[..., 4] / temperature, teacher_objectness)
+    # Normalised by the teacher's total objectness (its "number of objects"), as YOLOX normalises by
+    # positives: a mean over all cells would let ~10^4 background cells drown the few objects.
+    objects = teacher_objectness.sum().clamp(min=1.0)
+    objectness = F.binary_cross_entropy_with_logits(
+        student[..., 4] / temperature, teacher_objectness, reduction="sum") / objects
     per_cell = F.binary_cross_entropy_with_logits(student[..., 5:] / temperature, teacher_classes, reduction="none").mean(-1)
     classes = (per_cell * teacher_objectness).sum() / teacher_objectness.sum().clamp(min=1e-6)
     confident = teacher_objectness * teacher_classes.max(dim=-1).values >= config.box_confidence
