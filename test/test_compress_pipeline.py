@@ -93,9 +93,9 @@ def test_second_run_resumes_instead_of_retraining(compressed):
 def test_bad_configuration_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="unknown option.*train.stpes"):
         load_compress_config(None, ["train.stpes=3"])
-    with pytest.raises(ConfigError, match="prune: importance must be one of"):
+    with pytest.raises(ConfigError, match="prune: importance must be one of"):  # raised by PruneConfig
         load_compress_config(None, ["prune.importance=entropy"])
-    with pytest.raises(ConfigError, match="ratios must be in"):
+    with pytest.raises(ConfigError, match="channel_ratio must be in"):
         load_compress_config(None, ["prune.ratios=[1.5]"])
     result = subprocess.run([sys.executable, "-m", "prune_perception.cli.main", "compress", "--config",
                              str(tmp_path / "missing.yaml")], cwd=ROOT, capture_output=True, text=True)

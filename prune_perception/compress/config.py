@@ -67,14 +67,23 @@ class PruneSection:
     max_layer_ratio: float = 0.9
 
     def __post_init__(self) -> None:
-        from prune_perception.compress.prune import IMPORTANCE_CRITERIA
-
-        if self.importance not in IMPORTANCE_CRITERIA:
-            raise ValueError(f"importance must be one of {IMPORTANCE_CRITERIA}, got {self.importance!r}")
-        if not self.ratios and self.macs_fraction is None and self.params_fraction is None:
+        if not self.targets():
             raise ValueError("set ratios, macs_fraction or params_fraction")
-        if any(not 0 < ratio < 1 for ratio in self.ratios):
-            raise ValueError(f"ratios must be in (0, 1), got {self.ratios}")
+        for target in self.targets():
+            self.prune_config(target)  # validates every student's settings now, not mid-run
+
+    def targets(self) -> list[float | None]:
+        """The channel ratios of the sweep, or [None] for a single MACs/params-targeted student."""
+        return [None] if (self.macs_fraction or self.params_fraction) else list(self.ratios)
+
+    def prune_config(self, ratio: float | None):
+        from prune_perception.compress.prune import PruneConfig
+
+        return PruneConfig(
+            importance=self.importance, channel_ratio=ratio, macs_fraction=self.macs_fraction,
+            params_fraction=self.params_fraction, global_pruning=self.global_pruning,
+            iterative_steps=self.iterative_steps, round_to=self.round_to, max_layer_ratio=self.max_layer_ratio,
+        )
 
 
 @dataclass(frozen=True)

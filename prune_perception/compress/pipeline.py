@@ -34,7 +34,6 @@ from torch import nn
 
 from prune_perception.compress.config import CompressConfig, config_to_dict
 from prune_perception.compress.prune import (
-    PruneConfig,
     apply_pruned_state,
     count_macs_params,
     prune_model,
@@ -168,13 +167,8 @@ class CompressionRun:
             return apply_pruned_state(student, state["pruned_state"])
         student.load_state_dict(teacher.state_dict())
         section = self.config.prune
-        prune_config = PruneConfig(
-            importance=section.importance, channel_ratio=ratio, macs_fraction=section.macs_fraction,
-            params_fraction=section.params_fraction, global_pruning=section.global_pruning,
-            iterative_steps=section.iterative_steps, round_to=section.round_to, max_layer_ratio=section.max_layer_ratio,
-        )
         loss_fn = self._taylor_loss(teacher, data) if section.importance == "taylor" else None
-        result = prune_model(student, prune_config, self.example, loss_fn=loss_fn)
+        result = prune_model(student, section.prune_config(ratio), self.example, loss_fn=loss_fn)
         LOGGER.info("pruned: MACs %.1f%%, params %.1f%% of the teacher", 100 * result.macs_fraction, 100 * result.params_fraction)
         save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs())
         return student
@@ -232,8 +226,7 @@ class CompressionRun:
         histories: dict[str, list] = {}
         int8_notes: list[str] = []
         section = self.config.prune
-        targets = [None] if (section.macs_fraction or section.params_fraction) else list(section.ratios)
-        for ratio in targets:
+        for ratio in section.targets():
             label = f"ratio_{ratio:.2f}" if ratio is not None else (
                 f"macs_{section.macs_fraction:.2f}" if section.macs_fraction else f"params_{section.params_fraction:.2f}")
             folder = self.output_dir / label

@@ -39,11 +39,11 @@ CHECKPOINT_NAME = "train_checkpoint.pt"
 class TrainConfig:
     steps: int = 300
     batch_size: int = 8
-    optimizer: str = "adamw"
-    learning_rate: float = 1e-3
+    optimizer: str = "sgd"
+    learning_rate: float = 5e-3
     weight_decay: float = 5e-4
     momentum: float = 0.9
-    warmup_steps: int = 20
+    warmup_steps: int = 50
     min_learning_rate_ratio: float = 0.05
     ema_decay: float = 0.998
     grad_clip_norm: float = 10.0
