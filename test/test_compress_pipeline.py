@@ -88,6 +88,8 @@ def test_second_run_resumes_instead_of_retraining(compressed):
     result = run_compress(overrides)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (output / "ratio_0.30" / "student.pt").stat().st_mtime_ns == before  # not trained again
+    report = json.loads((output / "report.json").read_text())
+    assert report["int8"] and "convs kept in float" in report["int8"][0]  # the INT8 result survives a resume
 
 
 def test_bad_configuration_is_a_clear_error(tmp_path):

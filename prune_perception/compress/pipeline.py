@@ -242,15 +242,18 @@ class CompressionRun:
             records.append(ModelRecord(f"{label} distilled", "distilled", str(student_onnx), channel_ratio, params, macs,
                                        _mb(student_onnx)))
             if self.config.export.int8:
-                int8_path = folder / "student_int8.onnx"
-                if not int8_path.exists():
+                int8_path, result_path = folder / "student_int8.onnx", folder / "int8_result.json"
+                if not (int8_path.exists() and result_path.exists()):
                     result = quantize_int8_qdq(
                         student_onnx, int8_path, data.calibration, method=self.config.export.int8_method,
                         target_score_cosine=self.config.export.int8_target_score_cosine,
                         max_float_fraction=self.config.export.int8_max_float_fraction,
                     )
-                    int8_notes.append(f"{label}: {result.float_convs}/{result.total_convs} convs kept in float; score "
-                                      f"cosine {result.score_cosine:.4f}, output cosine {result.output_cosine:.4f}")
+                    write_json_atomic(result_path, {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()})
+                result = json.loads(result_path.read_text())
+                int8_notes.append(f"{label}: {result['float_convs']}/{result['total_convs']} convs kept in float; score "
+                                  f"cosine {result['score_cosine']:.4f}, output cosine {result['output_cosine']:.4f} "
+                                  f"(on {result['validation_images']} held-out calibration images)")
                 records.append(ModelRecord(f"{label} int8", "int8", str(int8_path), channel_ratio, params, macs,
                                            _mb(int8_path)))
         for record in records:
