@@ -139,3 +139,20 @@ def test_unlabelled_images_take_no_part_in_the_label_loss():
                                Sample.unlabelled(np.zeros((32, 32, 3), np.uint8))] * 2,
                               AugmentConfig(input_size=64, mosaic_probability=1.0), np.random.default_rng(0))
     assert mosaic_of_mixed.labelled is False
+
+
+def test_torchrun_data_parallel_keeps_ranks_identical(tmp_path):
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).with_name("ddp_train_script.py")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", str(script), str(tmp_path)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    checksums = dict(re.findall(r"rank (\d)/2 checksum (\S+)", result.stdout))
+    assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]  # DDP averaged the gradients
+    assert (tmp_path / "train_checkpoint.pt").exists()  # written by rank 0

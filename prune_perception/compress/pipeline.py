@@ -307,7 +307,3 @@ def _bounded(sample: Sample, longest_side: int) -> Sample:
 
 def _mb(path: Path) -> float:
     return Path(path).stat().st_size / 1e6
-
-
-def records_as_dicts(records: list[ModelRecord]) -> list[dict[str, Any]]:
-    return [asdict(record) for record in records]

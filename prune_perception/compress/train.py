@@ -134,8 +134,7 @@ class Trainer:
         self.device = torch.device(device)
         self.output_dir = Path(output_dir)
         self.samples = samples
-        self.world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.rank = dist.get_rank() if self.world_size > 1 else 0
+        self.rank, self.world_size = init_distributed_from_env()
         self.student = student.to(self.device)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         self.strides = tuple(getattr(getattr(student, "config", None), "strides", (8, 16, 32)))
@@ -239,7 +238,8 @@ class Trainer:
         """Train until ``config.steps`` (or ``stop_after`` more steps, to simulate an interruption)."""
         resumed = self.try_resume()
         config = self.config
-        self.teacher_mode()
+        if self.teacher is not None:
+            self.teacher.eval()
         last = config.steps if stop_after is None else min(config.steps, self.step + stop_after)
         bar = tqdm(total=config.steps, initial=self.step, desc="train", disable=not progress or self.rank != 0,
                    dynamic_ncols=True)
@@ -272,10 +272,6 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
         return TrainResult(list(self.history), resumed)
-
-    def teacher_mode(self) -> None:
-        if self.teacher is not None:
-            self.teacher.eval()
 
     def trained_model(self) -> nn.Module:
         """The EMA weights when EMA is on (usually the better model), else the student."""
