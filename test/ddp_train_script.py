@@ -1,8 +1,14 @@
 """Run by test_train.py under torchrun: a few distillation steps in data parallel (2 CPU processes, gloo)."""
-import sys, torch, numpy as np, torch.distributed as dist
-from prune_perception.compress.train import Trainer, TrainConfig
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from prune_perception.compress.train import TrainConfig, Trainer
 from prune_perception.data.augment import AugmentConfig, Sample
 from prune_perception.models.yolox import build_yolox
+
 torch.manual_seed(0)
 teacher = build_yolox("yolox_nano", num_classes=3).eval()
 student = build_yolox("yolox_nano", num_classes=3)

@@ -8,14 +8,10 @@ import pytest
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
+from prune_perception.data.image_codec import compressed_image_to_array, raw_image_to_array
 from prune_perception.errors import ImageFormatError
 from prune_perception.ros.detection_messages import detections_to_msg, msg_to_arrays
-from prune_perception.ros.image_conversion import (
-    array_to_compressed_msg,
-    array_to_image_msg,
-    compressed_msg_to_array,
-    image_msg_to_array,
-)
+from prune_perception.ros.image_conversion import array_to_compressed_msg, array_to_image_msg
 from prune_perception.runtime.postprocess import Detections
 
 
@@ -36,7 +32,7 @@ def test_every_supported_encoding_round_trips():
     }
     for encoding, (image, pixel_format) in images.items():
         msg = array_to_image_msg(np.ascontiguousarray(image), encoding, header())
-        view, fmt = image_msg_to_array(msg)
+        view, fmt = raw_image_to_array(msg)
         assert fmt == pixel_format
         np.testing.assert_array_equal(view, image)
 
@@ -47,7 +43,7 @@ def test_row_padding_in_step_is_skipped():
     padded = np.zeros((4, 19), np.uint8)
     padded[:, :15] = image.reshape(4, 15)
     msg.data = array.array("B", padded.tobytes())
-    view, _ = image_msg_to_array(msg)
+    view, _ = raw_image_to_array(msg)
     np.testing.assert_array_equal(view, image)
 
 
@@ -59,18 +55,18 @@ def test_row_padding_in_step_is_skipped():
 ])
 def test_bad_raw_images_raise_clear_errors(build, message):
     with pytest.raises(ImageFormatError, match=message):
-        image_msg_to_array(build())
+        raw_image_to_array(build())
 
 
 def test_compressed_jpeg_and_png_decode():
     image = np.zeros((32, 48, 3), np.uint8)
     cv2.rectangle(image, (5, 5), (30, 20), (0, 0, 255), -1)
     png = array_to_compressed_msg(image, header(), "png")
-    decoded, fmt = compressed_msg_to_array(png)
+    decoded, fmt = compressed_image_to_array(png)
     assert fmt == "BGR"
     np.testing.assert_array_equal(decoded, image)
     jpeg = array_to_compressed_msg(image, header(), "jpeg", quality=95)
-    decoded, _ = compressed_msg_to_array(jpeg)
+    decoded, _ = compressed_image_to_array(jpeg)
     assert decoded.shape == image.shape
     np.testing.assert_allclose(decoded[12, 16], [0, 0, 255], atol=25)  # inside the red square
     np.testing.assert_allclose(decoded[28, 40], [0, 0, 0], atol=25)  # outside
@@ -80,11 +76,11 @@ def test_corrupt_and_empty_compressed_images_raise():
     good = array_to_compressed_msg(np.zeros((16, 16, 3), np.uint8), header())
     corrupt = CompressedImage(format="jpeg", data=b"\xff\xd8\xff\xe0" + bytes(range(200)))
     with pytest.raises(ImageFormatError, match="cannot decode jpeg image"):
-        compressed_msg_to_array(corrupt)
+        compressed_image_to_array(corrupt)
     with pytest.raises(ImageFormatError, match="no data"):
-        compressed_msg_to_array(CompressedImage(format="jpeg"))
+        compressed_image_to_array(CompressedImage(format="jpeg"))
     with pytest.raises(ImageFormatError, match="unsupported compressed format"):
-        compressed_msg_to_array(CompressedImage(format="h264", data=bytes(good.data)))
+        compressed_image_to_array(CompressedImage(format="h264", data=bytes(good.data)))
 
 
 def test_detections_to_msg_fields_and_round_trip():

@@ -27,20 +27,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 import yaml
 from torch import nn
 
 from prune_perception.compress.config import CompressConfig, config_to_dict
-from prune_perception.compress.prune import (
-    apply_pruned_state,
-    count_macs_params,
-    prune_model,
-    save_pruned_checkpoint,
-)
+from prune_perception.compress.prune import count_macs_params, prune_model, save_pruned_checkpoint
 from prune_perception.compress.train import Trainer
-from prune_perception.data.augment import Sample, letterbox
+from prune_perception.data.augment import Sample
 from prune_perception.data.datasets import (
     LabelledImage,
     iter_unlabelled_frames,
@@ -56,6 +52,7 @@ from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import write_json_atomic, write_text_atomic
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
 from prune_perception.models.yolox import build_yolox
+from prune_perception.runtime.backends.torch_backend import load_torch_model
 from prune_perception.runtime.class_names import default_class_names
 from prune_perception.runtime.metadata import InputSpec
 from prune_perception.runtime.preprocess import Preprocessor
@@ -161,10 +158,9 @@ class CompressionRun:
 
     def prune(self, teacher: nn.Module, ratio: float | None, data: CompressData, folder: Path) -> nn.Module:
         path = folder / "pruned.pt"
-        student = build_yolox(self.config.teacher.variant, self.config.teacher.num_classes)
         if path.exists():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            return apply_pruned_state(student, state["pruned_state"])
+            return load_torch_model(path)
+        student = build_yolox(self.config.teacher.variant, self.config.teacher.num_classes)
         student.load_state_dict(teacher.state_dict())
         section = self.config.prune
         loss_fn = self._taylor_loss(teacher, data) if section.importance == "taylor" else None
@@ -188,11 +184,8 @@ class CompressionRun:
         path = folder / "student.pt"
         history_path = folder / "training_history.json"
         if path.exists():
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            recovered = apply_pruned_state(build_yolox(self.config.teacher.variant, self.config.teacher.num_classes),
-                                           state["pruned_state"])
             history = json.loads(history_path.read_text()) if history_path.exists() else []
-            return recovered.eval(), history
+            return load_torch_model(path), history
         trainer = Trainer(copy.deepcopy(student), teacher, data.train_samples, self.config.train, folder / "train",
                           self.config.augment, self.config.distill, self.config.device)
         result = trainer.fit(progress=self.progress)
@@ -296,13 +289,14 @@ class CompressionRun:
 
 
 def _bounded(sample: Sample, longest_side: int) -> Sample:
+    """The sample resized so that its longest side is at most ``longest_side`` (boxes scaled too)."""
     height, width = sample.image.shape[:2]
-    if max(height, width) <= longest_side:
-        return sample
-    resized = letterbox(sample, longest_side)
     scale = longest_side / max(height, width)
-    new_height, new_width = int(round(height * scale)), int(round(width * scale))
-    return Sample(resized.image[:new_height, :new_width], resized.boxes_xyxy, resized.class_ids, resized.labelled)
+    if scale >= 1:
+        return sample
+    size = (int(round(width * scale)), int(round(height * scale)))
+    image = cv2.resize(sample.image, size, interpolation=cv2.INTER_AREA)
+    return Sample(image, sample.boxes_xyxy * scale, sample.class_ids, sample.labelled)
 
 
 def _mb(path: Path) -> float:

@@ -70,10 +70,6 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_step: int = 0
 
-    def mean_loss(self, first: int, last: int) -> float:
-        values = [h["loss"] for h in self.history if first <= h["step"] < last]
-        return float(np.mean(values)) if values else math.nan
-
 
 def learning_rate_factor(step: int, config: TrainConfig) -> float:
     if step < config.warmup_steps:

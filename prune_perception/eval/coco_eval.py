@@ -42,9 +42,6 @@ class CocoMetrics:
     num_ground_truth: int = 0
     num_predictions: int = 0
 
-    def as_dict(self) -> dict:
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in vars(self).items()}
-
 
 def _to_coco(images: Sequence[ImageBoxes], class_names: Sequence[str]) -> dict:
     annotations = []

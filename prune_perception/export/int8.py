@@ -48,30 +48,6 @@ def _with_min_opset(path: Path, folder: Path) -> Path:
     return converted
 
 
-def output_tail_nodes(model_path: Path) -> list[str]:
-    """Names of the nodes that produce the output from the last convolutions: the prediction
-    convs and the sigmoid/concat/reshape tail after them.
-
-    Box regressions (pixels, log sizes) and [0, 1] scores share that tail; quantized with one
-    8-bit scale they lose most of their precision, so these nodes stay in float (a few % of the
-    compute).
-    """
-    import onnx
-
-    graph = onnx.load(str(model_path)).graph
-    producer = {output: node for node in graph.node for output in node.output}
-    tail, frontier, seen = [], [o.name for o in graph.output], set()
-    while frontier:
-        node = producer.get(frontier.pop())
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        tail.append(node.name)
-        if node.op_type != "Conv":  # stop at the prediction convs
-            frontier.extend(node.input)
-    return tail
-
-
 @dataclass(frozen=True)
 class Int8Result:
     path: Path
@@ -174,7 +150,13 @@ def quantize_int8_qdq(
             stay in float (they are memory-bound, so INT8 gains little there). Empty: all types.
     """
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIBRATION_METHODS:

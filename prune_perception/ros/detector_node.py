@@ -2,7 +2,7 @@
 
 Data path of one frame::
 
-    image_raw (Image) ──callback──> LatestFrameSlot ──worker thread──> image_msg_to_array
+    image_raw (Image) ──callback──> LatestFrameSlot ──worker thread──> raw_image_to_array
         -> Detector.detect (preprocess, inference, postprocess) -> detections_to_msg -> publish
 
 The subscription callback only stores the message (newest wins; older unprocessed frames are
@@ -28,13 +28,13 @@ from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Float64
 from vision_msgs.msg import Detection2DArray
 
-from prune_perception.data.image_codec import to_bgr
+from prune_perception.data.image_codec import compressed_image_to_array, raw_image_to_array, to_bgr
 from prune_perception.errors import ImageFormatError, InferenceError, PrunePerceptionError
 from prune_perception.eval.health import HealthLevel, HealthThresholds, evaluate_health
 from prune_perception.eval.latency import STAGES, FrameStatistics
 from prune_perception.ros.detection_messages import detections_to_msg
 from prune_perception.ros.diagnostics import build_status
-from prune_perception.ros.image_conversion import array_to_image_msg, compressed_msg_to_array, image_msg_to_array
+from prune_perception.ros.image_conversion import array_to_image_msg
 from prune_perception.ros.node_main import run_node
 from prune_perception.ros.parameters import (
     DETECTOR_PARAMETERS,
@@ -174,10 +174,10 @@ class DetectorNode(Node):
     # ----------------------------------------------------------------- data path
     def _on_image(self, msg: Image | CompressedImage) -> None:
         received = time.perf_counter()
+        replaced_unprocessed = self._slot.put(_ReceivedFrame(msg, received))
         with self._stats_lock:
             self.stats.record_input(received)
-        if self._slot.put(_ReceivedFrame(msg, received)):
-            with self._stats_lock:
+            if replaced_unprocessed:
                 self.stats.record_drop(received)
 
     def _run_worker(self) -> None:
@@ -197,9 +197,9 @@ class DetectorNode(Node):
         start = time.perf_counter()
         try:
             if isinstance(msg, CompressedImage):
-                image, pixel_format = compressed_msg_to_array(msg)
+                image, pixel_format = compressed_image_to_array(msg)
             else:
-                image, pixel_format = image_msg_to_array(msg)
+                image, pixel_format = raw_image_to_array(msg)
             converted = time.perf_counter()
             result = self.detector.detect(image, pixel_format)
             detected = time.perf_counter()

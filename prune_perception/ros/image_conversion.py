@@ -1,7 +1,7 @@
-"""sensor_msgs Image / CompressedImage <-> numpy (no cv_bridge: it is not on PyPI).
+"""numpy -> sensor_msgs Image / CompressedImage (no cv_bridge: it is not on PyPI).
 
-Decoding, with the checks a camera driver can fail, is shared with the bag reader in
-``prune_perception.data.image_codec``; this module adds the message construction.
+Decoding messages into arrays, with the checks a camera driver can fail, lives in
+``prune_perception.data.image_codec``, shared with the bag reader.
 """
 
 from __future__ import annotations
@@ -11,13 +11,8 @@ import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 
-from prune_perception.data.image_codec import ENCODINGS, compressed_image_to_array, raw_image_to_array
+from prune_perception.data.image_codec import ENCODINGS
 from prune_perception.errors import ImageFormatError
-
-image_msg_to_array = raw_image_to_array
-"""sensor_msgs/Image -> (array view, pixel format); see :func:`raw_image_to_array`."""
-compressed_msg_to_array = compressed_image_to_array
-"""sensor_msgs/CompressedImage -> (BGR array, "BGR"); see :func:`compressed_image_to_array`."""
 
 
 def array_to_image_msg(image: np.ndarray, encoding: str, header: Header) -> Image:

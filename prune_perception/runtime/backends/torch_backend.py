@@ -70,37 +70,8 @@ class TorchBackend(InferenceBackend):
         self.device = str(self.torch_device)
         if intra_op_threads > 0:
             torch.set_num_threads(intra_op_threads)
-        self.model = self._load(self.model_path).to(self.torch_device)
+        self.model = load_torch_model(self.model_path).to(self.torch_device)
         self._host_input: Any = None  # pinned staging buffer for CUDA copies
-
-    def _load(self, path: Path):
-        torch = self._torch
-        try:
-            if path.suffix == ".pt2":
-                return torch.export.load(str(path)).module()  # exported graphs are already in eval mode
-            if _is_torchscript(path):
-                return torch.jit.load(str(path), map_location="cpu").eval()
-            checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
-        except Exception as exc:  # torch raises many types for corrupt archives
-            raise ModelLoadError(f"cannot load torch model {path}: {exc}") from exc
-        from prune_perception.compress.prune import PRUNED_CHECKPOINT_FORMAT, apply_pruned_state
-
-        formats = (CHECKPOINT_FORMAT, PRUNED_CHECKPOINT_FORMAT)
-        if not isinstance(checkpoint, dict) or checkpoint.get("format") not in formats:
-            raise ModelLoadError(
-                f"{path} is neither TorchScript nor a checkpoint of format {formats} "
-                "(see save_torch_checkpoint and compress.prune.save_pruned_checkpoint)"
-            )
-        factory = _import_factory(checkpoint["factory"])
-        model = factory(**checkpoint.get("factory_kwargs", {}))
-        try:
-            if checkpoint["format"] == PRUNED_CHECKPOINT_FORMAT:
-                apply_pruned_state(model, checkpoint["pruned_state"])  # reshapes the layers, then loads
-            else:
-                model.load_state_dict(checkpoint["state_dict"], strict=True)
-        except (RuntimeError, KeyError) as exc:
-            raise ModelLoadError(f"{path}: weights do not fit {checkpoint['factory']}: {exc}") from exc
-        return model.eval()
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         torch = self._torch
@@ -118,6 +89,46 @@ class TorchBackend(InferenceBackend):
                 return outputs.float().cpu().numpy()
         except Exception as exc:
             raise InferenceError(f"torch model failed on input of shape {tensor.shape}: {exc}") from exc
+
+
+def load_torch_model(path: str | Path) -> Any:
+    """The ``nn.Module`` in a ``.pt2``, TorchScript or checkpoint file, in eval mode on the CPU.
+
+    Pruned checkpoints (``compress.prune.save_pruned_checkpoint``) are rebuilt from the factory
+    they name, then reshaped to the pruned layers.
+
+    Raises:
+        ModelLoadError: unreadable file, unknown format, missing factory or weights that do not fit.
+    """
+    import torch
+
+    path = Path(path)
+    try:
+        if path.suffix == ".pt2":
+            return torch.export.load(str(path)).module()  # exported graphs are already in eval mode
+        if _is_torchscript(path):
+            return torch.jit.load(str(path), map_location="cpu").eval()
+        checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt archives
+        raise ModelLoadError(f"cannot load torch model {path}: {exc}") from exc
+    from prune_perception.compress.prune import PRUNED_CHECKPOINT_FORMAT, apply_pruned_state
+
+    formats = (CHECKPOINT_FORMAT, PRUNED_CHECKPOINT_FORMAT)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") not in formats:
+        raise ModelLoadError(
+            f"{path} is neither TorchScript nor a checkpoint of format {formats} "
+            "(see save_torch_checkpoint and compress.prune.save_pruned_checkpoint)"
+        )
+    factory = _import_factory(checkpoint["factory"])
+    model = factory(**checkpoint.get("factory_kwargs", {}))
+    try:
+        if checkpoint["format"] == PRUNED_CHECKPOINT_FORMAT:
+            apply_pruned_state(model, checkpoint["pruned_state"])  # reshapes the layers, then loads
+        else:
+            model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except (RuntimeError, KeyError) as exc:
+        raise ModelLoadError(f"{path}: weights do not fit {checkpoint['factory']}: {exc}") from exc
+    return model.eval()
 
 
 def _is_torchscript(path: Path) -> bool:
