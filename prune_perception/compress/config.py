@@ -65,8 +65,14 @@ class PruneSection:
     iterative_steps: int = 1
     round_to: int = 8
     max_layer_ratio: float = 0.9
+    reconstruct: bool = True
+    """Refit every pruned layer to the teacher by least squares before training
+    (:mod:`prune_perception.compress.reconstruct`)."""
+    reconstruct_images: int = 32
 
     def __post_init__(self) -> None:
+        if self.reconstruct_images < 1:
+            raise ValueError("reconstruct_images must be >= 1")
         if not self.targets():
             raise ValueError("set ratios, macs_fraction or params_fraction")
         for target in self.targets():

@@ -5,7 +5,8 @@ Output layout::
 
     <output_dir>/config.yaml                 the resolved configuration
     <output_dir>/teacher/teacher.onnx(.json) the teacher exported by the same exporter
-    <output_dir>/ratio_0.30/pruned.pt        pruned, before recovery (torch backend loads it)
+    <output_dir>/ratio_0.30/pruned.pt        pruned (and least-squares refitted), before training
+    <output_dir>/ratio_0.30/reconstruction.json  per-layer error of that refit
     <output_dir>/ratio_0.30/pruned.onnx
     <output_dir>/ratio_0.30/train/           training checkpoint (resumable)
     <output_dir>/ratio_0.30/student.pt       pruned + distilled (EMA weights)
@@ -35,6 +36,7 @@ from torch import nn
 
 from prune_perception.compress.config import CompressConfig, config_to_dict
 from prune_perception.compress.prune import count_macs_params, prune_model, save_pruned_checkpoint
+from prune_perception.compress.reconstruct import reconstruct_pruned
 from prune_perception.compress.train import Trainer
 from prune_perception.data.augment import Sample
 from prune_perception.data.datasets import (
@@ -166,6 +168,13 @@ class CompressionRun:
         loss_fn = self._taylor_loss(teacher, data) if section.importance == "taylor" else None
         result = prune_model(student, section.prune_config(ratio), self.example, loss_fn=loss_fn)
         LOGGER.info("pruned: MACs %.1f%%, params %.1f%% of the teacher", 100 * result.macs_fraction, 100 * result.params_fraction)
+        if section.reconstruct:
+            images = torch.from_numpy(np.concatenate(data.calibration[: section.reconstruct_images]))
+            fit = reconstruct_pruned(student, teacher, result.kept_output_channels, images, seed=self.config.seed)
+            write_json_atomic(folder / "reconstruction.json", {
+                "layers": fit.layers, "mean_relative_error_before": fit.mean_error_before,
+                "mean_relative_error_after": fit.mean_error_after, "relative_error_before": fit.relative_error_before,
+                "relative_error_after": fit.relative_error_after})
         save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs())
         return student
 
@@ -228,7 +237,7 @@ class CompressionRun:
             channel_ratio = ratio if ratio is not None else 0.0
             pruned_onnx = self.export(student, folder / "pruned.onnx", data)
             records.append(ModelRecord(f"{label} pruned", "pruned", str(pruned_onnx), channel_ratio, params, macs,
-                                       _mb(pruned_onnx), notes="before recovery"))
+                                       _mb(pruned_onnx), notes="before training" + (", least-squares refitted" if section.reconstruct else "")))
             recovered, history = self.recover(student, teacher, data, folder)
             histories[label] = history
             student_onnx = self.export(recovered, folder / "student.onnx", data)

@@ -85,6 +85,9 @@ class PruneResult:
     channel_ratio: float
     """The per-layer (or global) channel ratio the pruner reached."""
     history: list[dict[str, float]] = field(default_factory=list)
+    kept_output_channels: dict[str, list[int]] = field(default_factory=dict)
+    """Per Conv2d name, the original indices of its remaining output channels (the teacher's
+    channels each student channel came from: what :mod:`reconstruct` fits them to)."""
 
     @property
     def macs_fraction(self) -> float:
@@ -161,11 +164,15 @@ def prune_model(
     )
     history = []
     reached = 0.0
+    conv_names = {module: name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+    kept = {name: list(range(module.out_channels)) for module, name in conv_names.items()}
     for step in range(steps):
         if config.importance == "taylor":
             model.zero_grad()
             loss_fn(model).backward()
-        pruner.step()
+        for group in pruner.step(interactive=True):
+            _track_removed_channels(group, conv_names, kept)
+            group.prune()
         reached = ratio * (step + 1) / steps
         macs, params = count_macs_params(model, example_inputs)
         history.append({"step": step + 1, "channel_ratio": reached, "macs": macs, "params": params})
@@ -187,7 +194,16 @@ def prune_model(
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     macs_after, params_after = count_macs_params(model, example_inputs)
-    return PruneResult(macs_before, macs_after, params_before, params_after, len(history), reached, history)
+    return PruneResult(macs_before, macs_after, params_before, params_after, len(history), reached, history, kept)
+
+
+def _track_removed_channels(group: Any, conv_names: dict[nn.Module, str], kept: dict[str, list[int]]) -> None:
+    for dependency, indices in group:
+        module = dependency.target.module
+        if module in conv_names and getattr(dependency.handler, "__name__", "") == "prune_out_channels":
+            removed = {int(getattr(index, "idx", index)) for index in indices}
+            name = conv_names[module]
+            kept[name] = [original for position, original in enumerate(kept[name]) if position not in removed]
 
 
 def save_pruned_checkpoint(path: str | Path, model: nn.Module, factory: str, factory_kwargs: dict[str, Any]) -> None:
