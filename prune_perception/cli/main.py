@@ -108,6 +108,72 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0 if summary["models"] else EXIT_FAILED
 
 
+def cmd_train_sample(args: argparse.Namespace) -> int:
+    """Train the sample teacher on synthetic scenes and print its training report."""
+    from prune_perception.sim.sample_teacher import SampleTeacherConfig, train_sample_teacher
+
+    config = SampleTeacherConfig(steps=args.steps, frames_per_seed=args.frames_per_seed, seed=args.seed)
+    report = train_sample_teacher(args.output, config, progress=not args.no_progress)
+    print((args.output / "training_report.md").read_text())
+    return 0 if report["ap"] > 0 else EXIT_FAILED
+
+
+def cmd_video_to_bag(args: argparse.Namespace) -> int:
+    """Write a camera bag from a video, an image folder or a synthetic drive."""
+    from prune_perception.bags.video_to_bag import video_to_bag
+    from prune_perception.runtime.class_names import COCO_CLASSES
+
+    if (args.source is None) == (args.synthetic_frames == 0):
+        print("video-to-bag: give a SOURCE or --synthetic-frames N (not both)", file=sys.stderr)
+        return EXIT_USAGE
+    names = args.class_names.split(",") if args.class_names else list(COCO_CLASSES)
+    summary = video_to_bag(args.source, args.output, fps=args.fps, max_frames=args.max_frames, storage=args.storage,
+                           compressed=args.compressed, image_topic=args.topic, frame_id=args.frame_id,
+                           class_names=names, ground_truth=not args.no_ground_truth,
+                           synthetic_frames=args.synthetic_frames, seed=args.seed, overwrite=args.overwrite,
+                           progress=not args.no_progress)
+    print(f"wrote {summary.path}: {summary.frames} frames at {summary.fps:g} fps"
+          + (", with ground truth" if summary.ground_truth else ""))
+    return 0
+
+
+def _named_models(specs: list[str]) -> dict[str, str]:
+    """``name=path`` or ``path`` (named after the file) -> {name: path}."""
+    models: dict[str, str] = {}
+    for spec in specs:
+        name, _, path = spec.rpartition("=")
+        name = name or Path(path).stem
+        if name in models:
+            raise PrunePerceptionError(f"two models are named {name!r}; use name=path")
+        models[name] = path
+    return models
+
+
+def cmd_eval_bag(args: argparse.Namespace) -> int:
+    """Evaluate models on a bag (offline: direct Detector calls; live: through detector_node) and report."""
+    from prune_perception.eval.bag_eval import TruthSource, evaluate_bag_offline
+    from prune_perception.eval.bag_report import write_bag_report
+
+    models = _named_models(args.model)
+    missing = _missing_inputs({f"model {name}": Path(path) for name, path in models.items()} | {"bag": args.bag})
+    if missing:
+        print("eval-bag cannot start, missing input(s):\n  " + "\n  ".join(missing), file=sys.stderr)
+        return EXIT_USAGE
+    truth = TruthSource(kind=args.truth, topic=args.truth_topic, coco_json=args.coco_json, teacher_model=args.teacher)
+    if args.mode == "live":
+        from prune_perception.eval.bag_live_eval import evaluate_bag_live
+
+        results, facts = evaluate_bag_live(args.bag, models, truth, args.output, image_topic=args.topic,
+                                           rate=args.rate, budget_ms=args.budget_ms, max_frames=args.max_frames)
+    else:
+        results, facts = evaluate_bag_offline(args.bag, models, truth, image_topic=args.topic, max_frames=args.max_frames,
+                                              backend=args.backend, device=args.device, progress=not args.no_progress,
+                                              output_bag=args.output / "detections_bag" if args.output_bag else None)
+    report = write_bag_report(args.output, results, facts, args.budget_ms)
+    print((args.output / "report.md").read_text())
+    return 0 if report["models"] else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="prune-perception", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -128,6 +194,55 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override an option (repeatable)")
     compress.add_argument("--no-progress", action="store_true", help="no progress bars")
     compress.set_defaults(handler=cmd_compress)
+
+    sample = commands.add_parser("train-sample", help="train the sample teacher (small YOLOX) on synthetic scenes")
+    sample.add_argument("--output", type=Path, default=Path("runs/sample_teacher"))
+    sample.add_argument("--steps", type=int, default=2500)
+    sample.add_argument("--frames-per-seed", type=int, default=40, help="training frames from each of 24 sequences")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sample.set_defaults(handler=cmd_train_sample)
+
+    to_bag = commands.add_parser("video-to-bag", help="write a camera rosbag2 (MCAP/sqlite3) from a video, "
+                                 "an image folder, or a synthetic drive with ground truth")
+    to_bag.add_argument("source", type=Path, nargs="?", help="video file or image folder (YOLO labels beside it: ground truth)")
+    to_bag.add_argument("output", type=Path, help="the bag folder to create")
+    to_bag.add_argument("--synthetic-frames", type=int, default=0, help="no source: this many synthetic scene frames")
+    to_bag.add_argument("--seed", type=int, default=0, help="synthetic scenes: the seed")
+    to_bag.add_argument("--storage", default="mcap", choices=["mcap", "sqlite3"])
+    to_bag.add_argument("--compressed", action="store_true", help="sensor_msgs/CompressedImage (jpeg) instead of raw bgr8")
+    to_bag.add_argument("--fps", type=float, default=0.0, help="frame rate (0: the video's; 10 for folders)")
+    to_bag.add_argument("--max-frames", type=int, default=0)
+    to_bag.add_argument("--topic", default="/camera/image_raw", help="image topic (camera_info and ground_truth beside it)")
+    to_bag.add_argument("--frame-id", default="camera")
+    to_bag.add_argument("--class-names", default="", help="comma-separated, for a labelled folder (default: COCO)")
+    to_bag.add_argument("--no-ground-truth", action="store_true")
+    to_bag.add_argument("--overwrite", action="store_true")
+    to_bag.add_argument("--no-progress", action="store_true")
+    to_bag.set_defaults(handler=cmd_video_to_bag)
+
+    eval_bag = commands.add_parser("eval-bag", help="evaluate models side by side on a bag's camera topic")
+    eval_bag.add_argument("bag", type=Path)
+    eval_bag.add_argument("--model", action="append", required=True, metavar="[NAME=]PATH",
+                          help="a model to evaluate (repeatable; the first is the speed-up reference)")
+    eval_bag.add_argument("--mode", default="offline", choices=["offline", "live"])
+    eval_bag.add_argument("--truth", default="topic", choices=["topic", "coco", "teacher"],
+                          help="ground truth: a Detection2DArray topic, a COCO json, or a teacher (fidelity)")
+    eval_bag.add_argument("--truth-topic", default=None)
+    eval_bag.add_argument("--coco-json", default=None)
+    eval_bag.add_argument("--teacher", default=None, help="teacher model for --truth teacher")
+    eval_bag.add_argument("--topic", default=None, help="image topic (default: the bag's only one)")
+    eval_bag.add_argument("--budget-ms", type=float, default=50.0)
+    eval_bag.add_argument("--rate", type=float, default=1.0, help="live: playback rate (x recorded; 0: as fast as "
+                          "the node keeps up)")
+    eval_bag.add_argument("--max-frames", type=int, default=0)
+    eval_bag.add_argument("--backend", default="auto")
+    eval_bag.add_argument("--device", default="cpu")
+    eval_bag.add_argument("--output", type=Path, default=Path("runs/eval_bag"))
+    eval_bag.add_argument("--output-bag", action="store_true",
+                          help="offline: also write an MCAP bag with the images, ground truth and every model's detections")
+    eval_bag.add_argument("--no-progress", action="store_true")
+    eval_bag.set_defaults(handler=cmd_eval_bag)
 
     detect = commands.add_parser("detect", help="detect objects in images, print JSON lines")
     detect.add_argument("--model", type=Path, required=True)

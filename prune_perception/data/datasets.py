@@ -17,13 +17,10 @@ import cv2
 import numpy as np
 
 from prune_perception.data.frame_source import IMAGE_SUFFIXES, FrameSourceError, iter_frames
-from prune_perception.data.image_codec import compressed_image_to_array, raw_image_to_array, to_bgr
 from prune_perception.data.yolo_labels import label_path_for, read_yolo_labels
-from prune_perception.errors import ImageFormatError
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 BAG_SUFFIXES = (".db3", ".mcap")
-IMAGE_MSGTYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 
 
 @dataclass(frozen=True)
@@ -122,38 +119,10 @@ def iter_bag_frames(bag: str | Path, topic: str | None = None) -> Iterator[np.nd
     Raises:
         FrameSourceError: unreadable bag, no such topic, or a topic that is not an image.
     """
-    from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
+    from prune_perception.bags.camera_bag import iter_camera_frames
 
-    bag = Path(bag)
-    try:
-        reader = AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_KILTED))
-        reader.open()
-    except Exception as exc:  # rosbags raises several reader errors for broken bags
-        raise FrameSourceError(f"cannot read bag {bag}: {exc}") from exc
-    try:
-        images = {c.topic: c for c in reader.connections if c.msgtype in IMAGE_MSGTYPES}
-        if topic is None:
-            if len(images) != 1:
-                raise FrameSourceError(f"{bag} has image topics {sorted(images)}; choose one")
-            topic = next(iter(images))
-        if topic not in images:
-            all_topics = {c.topic: c.msgtype for c in reader.connections}
-            what = f"is a {all_topics[topic]}" if topic in all_topics else "does not exist"
-            raise FrameSourceError(f"topic {topic!r} of {bag} {what}; image topics: {sorted(images)}")
-        connection = images[topic]
-        for _, _, rawdata in reader.messages(connections=[connection]):
-            msg = reader.deserialize(rawdata, connection.msgtype)
-            try:
-                if connection.msgtype.endswith("CompressedImage"):
-                    image, pixel_format = compressed_image_to_array(msg)
-                else:
-                    image, pixel_format = raw_image_to_array(msg)
-            except ImageFormatError:
-                continue  # a bad frame in a recording is skipped, as the node would
-            yield to_bgr(image, pixel_format)
-    finally:
-        reader.close()
+    for frame in iter_camera_frames(bag, topic):
+        yield frame.image
 
 
 def _image_size(path: Path) -> tuple[int, int]:

@@ -35,3 +35,12 @@ def read_yolo_labels(path: str | Path, image_width: int, image_height: int) -> t
     width, height = table[:, 3] * image_width, table[:, 4] * image_height
     boxes = np.stack([cx - width / 2, cy - height / 2, cx + width / 2, cy + height / 2], axis=1)
     return boxes, table[:, 0].astype(np.int64)
+
+
+def format_yolo_labels(boxes_xyxy: np.ndarray, class_ids: np.ndarray, image_width: int, image_height: int) -> str:
+    """The inverse of :func:`read_yolo_labels`: the text of a label file."""
+    lines = []
+    for (x0, y0, x1, y1), class_id in zip(np.asarray(boxes_xyxy, np.float64), class_ids):
+        lines.append(f"{int(class_id)} {(x0 + x1) / 2 / image_width:.6f} {(y0 + y1) / 2 / image_height:.6f} "
+                     f"{(x1 - x0) / image_width:.6f} {(y1 - y0) / image_height:.6f}")
+    return "\n".join(lines) + ("\n" if lines else "")

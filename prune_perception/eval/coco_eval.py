@@ -41,6 +41,14 @@ class CocoMetrics:
     num_images: int = 0
     num_ground_truth: int = 0
     num_predictions: int = 0
+    precision_at_iou50: tuple[float, ...] = ()
+    """Precision at IoU 0.5 at the 101 COCO recall points 0.00..1.00, mean over the classes
+    with ground truth (NaN where no class reaches that recall): the precision-recall curve."""
+
+    @classmethod
+    def empty(cls) -> "CocoMetrics":
+        """Not evaluated (yet): every metric NaN."""
+        return cls(*(math.nan,) * 7)
 
 
 def _to_coco(images: Sequence[ImageBoxes], class_names: Sequence[str]) -> dict:
@@ -104,10 +112,14 @@ def evaluate_detections(
             values = precision[:, :, index, 0, -1]
             values = values[values > -1]
             per_class[class_names[category - 1]] = float(values.mean()) if values.size else 0.0
+    present_index = [i for i, category in enumerate(evaluator.params.catIds) if category in present]
+    at_iou50 = precision[0, :, :, 0, -1][:, present_index]  # [recall points, classes]
+    curve = tuple(float(np.mean(row[row > -1])) if (row > -1).any() else math.nan for row in at_iou50)
     return CocoMetrics(
         ap=_clean(stats[0]), ap50=_clean(stats[1]), ap75=_clean(stats[2]), ap_small=_clean(stats[3]),
         ap_medium=_clean(stats[4]), ap_large=_clean(stats[5]), ar100=_clean(stats[8]), per_class_ap=per_class,
         num_images=len(ground_truth), num_ground_truth=num_gt, num_predictions=len(results),
+        precision_at_iou50=curve,
     )
 
 
