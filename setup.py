@@ -29,6 +29,7 @@ setup(
         "console_scripts": [
             "detector_node = prune_perception.ros.detector_node:main",
             "video_publisher = prune_perception.ros.video_publisher_node:main",
+            "bag_player = prune_perception.ros.bag_player_node:main",
             "prune-perception = prune_perception.cli.main:main",
         ],
     },

@@ -5,9 +5,7 @@ import shutil
 
 import cv2
 import numpy as np
-import onnx
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
 from prune_perception.bags.camera_bag import (
     BagError,
@@ -20,9 +18,9 @@ from prune_perception.bags.video_to_bag import video_to_bag
 from prune_perception.cli.main import main
 from prune_perception.eval.bag_eval import TruthSource, evaluate_bag_offline
 from prune_perception.eval.bag_report import write_bag_report
-from prune_perception.runtime.metadata import DecoderSpec, InputSpec, ModelMetadata, write_sidecar
 from prune_perception.sim.datasets import scene_frames, write_yolo_dataset
 from prune_perception.sim.scenes import SCENE_CLASSES, SceneConfig, SceneGenerator
+from tiny_models import constant_detector
 
 SMALL_SCENE = SceneConfig(width=160, height=96)
 START_NS = 1_700_000_000_000_000_000
@@ -105,28 +103,6 @@ def test_bad_bags_give_clear_errors_and_no_partial_output(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folders left behind
 
 
-def _constant_detector(path, box_xyxy, score, classes=("thing", "other"), size=64):
-    """An ONNX 'detector' that reports the same single box (decoded in graph) on every image."""
-    rows = (size // 8) ** 2 + (size // 16) ** 2 + (size // 32) ** 2
-    table = np.zeros((1, rows, 5 + len(classes)), np.float32)
-    x0, y0, x1, y1 = box_xyxy
-    table[0, 0, :5] = [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0, 1.0]
-    table[0, 0, 5] = score
-    nodes = [
-        helper.make_node("ReduceMean", ["images"], ["mean"], keepdims=0),
-        helper.make_node("Mul", ["mean", "zero"], ["nothing"]),
-        helper.make_node("Add", ["table", "nothing"], ["output"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "constant", [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, size, size])],
-        [helper.make_tensor_value_info("output", TensorProto.FLOAT, [1, rows, 5 + len(classes)])],
-        [numpy_helper.from_array(table, "table"), numpy_helper.from_array(np.zeros((), np.float32), "zero")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
-    onnx.save(model, path)
-    write_sidecar(path, ModelMetadata(InputSpec(width=size, height=size), DecoderSpec(decoded_in_graph=True), tuple(classes)))
-    return path
-
-
 def test_offline_eval_bag_matches_a_hand_computed_ap(tmp_path):
     box_a, box_b = (8.0, 8.0, 32.0, 32.0), (40.0, 40.0, 60.0, 60.0)
     bag = tmp_path / "known"
@@ -136,7 +112,7 @@ def test_offline_eval_bag_matches_a_hand_computed_ap(tmp_path):
             box = box_a if index < 3 else box_b
             cv2.rectangle(image, (int(box[0]), int(box[1])), (int(box[2]), int(box[3])), (255, 255, 255), -1)
             writer.write(image, START_NS + index * 100_000_000, np.array([box]), np.array([0]))
-    model = _constant_detector(tmp_path / "constant.onnx", box_a, 0.9)
+    model = constant_detector(tmp_path / "constant.onnx", box_a, 0.9)
     results, facts = evaluate_bag_offline(bag, {"constant": model}, TruthSource("topic"), progress=False)
     # Predictions (all score 0.9, image order): TP, TP, TP, FP; 4 ground-truth boxes. Precision is 1
     # up to recall 0.75 and recall never passes 0.75: 76 of the 101 COCO recall points -> 76/101,
@@ -157,8 +133,8 @@ def test_offline_eval_bag_matches_a_hand_computed_ap(tmp_path):
 def test_eval_bag_command_compares_models_and_writes_an_output_bag(tmp_path, capsys):
     bag = tmp_path / "drive"
     video_to_bag(None, bag, synthetic_frames=6, scene=SMALL_SCENE, progress=False)
-    first = _constant_detector(tmp_path / "a.onnx", (10, 10, 30, 30), 0.8, classes=SCENE_CLASSES)
-    second = _constant_detector(tmp_path / "b.onnx", (50, 20, 70, 60), 0.6, classes=SCENE_CLASSES)
+    first = constant_detector(tmp_path / "a.onnx", (10, 10, 30, 30), 0.8, classes=SCENE_CLASSES)
+    second = constant_detector(tmp_path / "b.onnx", (50, 20, 70, 60), 0.6, classes=SCENE_CLASSES)
     with pytest.raises(SystemExit) as exit_info:
         main(["eval-bag", str(bag), "--model", f"first={first}", "--model", f"second={second}", "--output",
               str(tmp_path / "out"), "--output-bag", "--budget-ms", "30", "--no-progress"])
@@ -175,7 +151,7 @@ def test_eval_bag_command_compares_models_and_writes_an_output_bag(tmp_path, cap
 def test_eval_bag_errors_are_one_line_messages(tmp_path, capsys):
     bag = tmp_path / "drive"
     video_to_bag(None, bag, synthetic_frames=2, scene=SMALL_SCENE, progress=False)
-    model = _constant_detector(tmp_path / "m.onnx", (10, 10, 30, 30), 0.8, classes=("thing",))
+    model = constant_detector(tmp_path / "m.onnx", (10, 10, 30, 30), 0.8, classes=("thing",))
     with pytest.raises(SystemExit) as exit_info:
         main(["eval-bag", str(bag), "--model", str(model), "--output", str(tmp_path / "out"), "--no-progress"])
     assert exit_info.value.code == 1

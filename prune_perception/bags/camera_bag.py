@@ -226,12 +226,18 @@ def _connection(reader: Any, path: Path, topic: str | None, msgtypes: Sequence[s
     return candidates[topic]
 
 
-def image_topic_of(path: str | Path, topic: str | None = None) -> str:
+def image_connection_of(path: str | Path, topic: str | None = None) -> tuple[str, str]:
+    """(topic, message type) of the bag's image topic (``topic``, or its only one)."""
     reader = open_bag(path)
     try:
-        return _connection(reader, Path(path), topic, (IMAGE_TYPE, COMPRESSED_TYPE), "image").topic
+        connection = _connection(reader, Path(path), topic, (IMAGE_TYPE, COMPRESSED_TYPE), "image")
+        return connection.topic, connection.msgtype
     finally:
         reader.close()
+
+
+def image_topic_of(path: str | Path, topic: str | None = None) -> str:
+    return image_connection_of(path, topic)[0]
 
 
 def iter_camera_frames(path: str | Path, topic: str | None = None) -> Iterator[BagFrame]:

@@ -71,7 +71,7 @@ def _markdown(report: dict[str, Any]) -> str:
              f"- latency budget: {report['budget_ms']:g} ms", ""]
     if report.get("fidelity_mode"):
         lines += ["> **Fidelity mode**: AP below measures agreement with the teacher's detections, not accuracy.", ""]
-    lines += ["| model | backend | AP | AP50 | p50 ms | p95 ms | p99 ms | max ms | speed-up | deadline misses | dropped | fps |",
+    lines += ["| model | backend | AP | AP50 | p50 ms | p95 ms | p99 ms | max ms | speed-up | deadline misses | dropped | capacity fps |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in report["models"]:
         key = "end_to_end_ms" if "end_to_end_ms" in m["latency_ms"] else "total_ms"
@@ -82,7 +82,8 @@ def _markdown(report: dict[str, Any]) -> str:
                      f"{m['frames_dropped']} | {_fmt(m['throughput_fps'], 1)} |")
     lines += ["", "Latency columns: " + ("end to end (image header stamp -> detections published)"
                                          if report["mode"] == "live" else "preprocess + inference + postprocess")
-              + "; speed-up: inference p50 of the first model over this one's.", "",
+              + "; speed-up: inference p50 of the first model over this one's; capacity fps: 1000 / mean "
+              "(preprocess + inference + postprocess) ms, the highest frame rate the model sustains.", "",
               "## Latency per stage (p50 / p99 ms)", "", "| model | " + " | ".join(STAGE_FIELDS) + " |",
               "|---|" + "---:|" * len(STAGE_FIELDS)]
     for m in report["models"]:

@@ -198,9 +198,6 @@ def run_live_session(
     plus any the caller added). rclpy must be initialised in this process before calling.
     """
     output_dir = Path(output_dir)
-    apply_fastdds_large_image_profile()
-    params = {"model_path": str(model_path), **(detector_params or {})}
-    node = NodeProcess(DETECTOR_MODULE, ros_arguments(params, list(detector_params_files)), output_dir / "detector_node.log")
     publisher_params = {
         "source": str(video), "frame_rate_hz": float(frame_rate_hz), "max_frames": max_frames,
         "total_frames": total_frames,
@@ -208,6 +205,35 @@ def run_live_session(
         "wait_for_subscribers": expected_subscribers,
     }
     publisher = NodeProcess(VIDEO_PUBLISHER_MODULE, ros_arguments(publisher_params), output_dir / "video_publisher.log")
+    result = run_with_player(model_path, publisher, output_dir, detector_params=detector_params,
+                             detector_params_files=detector_params_files, ready_timeout_s=ready_timeout_s,
+                             settle_s=settle_s, recorder=recorder)
+    result.frames_published = _published_count(result.publisher_log)
+    result.settings.update({"video": str(video), "frame_rate_hz": frame_rate_hz, "max_frames": max_frames,
+                            "total_frames": total_frames, "width": width, "height": height})
+    return result
+
+
+def run_with_player(
+    model_path: str | Path,
+    player: NodeProcess,
+    output_dir: str | Path,
+    *,
+    detector_params: dict[str, Any] | None = None,
+    detector_params_files: list[Path] = (),
+    detector_remaps: dict[str, str] | None = None,
+    ready_timeout_s: float = 90.0,
+    settle_s: float = 1.5,
+    recorder: LiveRecorder | None = None,
+) -> LiveRunResult:
+    """Start a detector_node process, wait until its model is ready, then run ``player`` (a
+    process that publishes images and exits when done) and return what the node published.
+    ``frames_published`` is left 0: how to count depends on the player."""
+    output_dir = Path(output_dir)
+    apply_fastdds_large_image_profile()
+    params = {"model_path": str(model_path), **(detector_params or {})}
+    node = NodeProcess(DETECTOR_MODULE, ros_arguments(params, list(detector_params_files), detector_remaps),
+                       output_dir / "detector_node.log")
     own_recorder = recorder is None
     recorder = recorder or LiveRecorder()
     try:
@@ -225,22 +251,23 @@ def run_live_session(
             recorder.detections.clear()
             for values in recorder.latencies.values():
                 values.clear()
-            with publisher:
-                recorder.spin_until(lambda: publisher.returncode is not None, 3600.0, [node, publisher])
+            with player:
+                recorder.spin_until(lambda: player.returncode is not None, 3600.0, [node, player])
+                if player.returncode:
+                    raise LiveSessionError(f"{player.module} exited with code {player.returncode}:\n"
+                                           f"{player.log_text()[-3000:]}")
             recorder.spin_for(settle_s)
             published_before = len(recorder.diagnostics)
             recorder.spin_until(lambda: len(recorder.diagnostics) > published_before, 5.0, [node])
-            frames_published = _published_count(publisher.log_text())
         return LiveRunResult(
-            frames_published=frames_published,
+            frames_published=0,
             detections=list(recorder.detections),
             latencies={name: list(values) for name, values in recorder.latencies.items()},
             final_diagnostics=recorder.latest_diagnostics(),
             diagnostics=list(recorder.diagnostics),
             node_log=node.log_text(),
-            publisher_log=publisher.log_text(),
-            settings={"model_path": str(model_path), "video": str(video), "frame_rate_hz": frame_rate_hz,
-                      "max_frames": max_frames, "total_frames": total_frames, "width": width, "height": height, **params},
+            publisher_log=player.log_text(),
+            settings={"model_path": str(model_path), **params},
         )
     finally:
         if own_recorder:
