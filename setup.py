@@ -30,6 +30,8 @@ setup(
             "detector_node = prune_perception.ros.detector_node:main",
             "video_publisher = prune_perception.ros.video_publisher_node:main",
             "bag_player = prune_perception.ros.bag_player_node:main",
+            "sim_camera = prune_perception.ros.sim_camera_node:main",
+            "evaluator = prune_perception.ros.evaluator_node:main",
             "prune-perception = prune_perception.cli.main:main",
         ],
     },

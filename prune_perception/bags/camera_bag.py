@@ -28,6 +28,7 @@ from prune_perception.bags.typestore import bag_typestore
 from prune_perception.data.image_codec import compressed_image_to_array, raw_image_to_array, to_bgr
 from prune_perception.data.frame_source import FrameSourceError
 from prune_perception.errors import ImageFormatError
+from prune_perception.sim.scenes import pinhole_intrinsics
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -148,9 +149,7 @@ class CameraBagWriter:
     def _camera_info(self, header: Any, width: int, height: int) -> Any:
         types = self.typestore.types
         if self.focal_px:  # a known pinhole camera (the simulator's)
-            f, cx, cy = self.focal_px, width / 2, height / 2
-            k = np.array([f, 0, cx, 0, f, cy, 0, 0, 1], np.float64)
-            p = np.array([f, 0, cx, 0, 0, f, cy, 0, 0, 0, 1, 0], np.float64)
+            k, p = (np.array(m, np.float64) for m in pinhole_intrinsics(self.focal_px, width, height))
         else:  # ROS convention for an uncalibrated camera: K all zero
             k, p = np.zeros(9), np.zeros(12)
         roi = types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)

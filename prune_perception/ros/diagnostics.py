@@ -62,11 +62,16 @@ def build_status(
     report: FrameReport,
     extra: dict[str, str] | None = None,
 ) -> DiagnosticStatus:
+    return make_status(name, hardware_id, level, message, list((extra or {}).items()) + frame_report_values(report))
+
+
+def make_status(name: str, hardware_id: str, level: HealthLevel, message: str,
+                values: dict[str, float | int | str] | list[tuple[str, float | int | str]]) -> DiagnosticStatus:
     status = DiagnosticStatus()
     status.name = name
     status.hardware_id = hardware_id
     status.level = bytes([int(level)])
     status.message = message
-    pairs = list((extra or {}).items()) + frame_report_values(report)
+    pairs = values.items() if isinstance(values, dict) else values
     status.values = [KeyValue(key=key, value=_format(value)) for key, value in pairs]
     return status

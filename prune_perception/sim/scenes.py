@@ -31,6 +31,13 @@ _VEHICLE_COLOURS = ((200, 200, 205), (30, 30, 35), (40, 40, 170), (150, 90, 30),
                     (90, 90, 95), (20, 110, 220), (230, 230, 240))
 
 
+def pinhole_intrinsics(focal_px: float, width: int, height: int) -> tuple[list[float], list[float]]:
+    """CameraInfo ``k`` (3x3) and ``p`` (3x4), row-major, of an ideal pinhole centred in the image."""
+    cx, cy = width / 2, height / 2
+    return ([focal_px, 0.0, cx, 0.0, focal_px, cy, 0.0, 0.0, 1.0],
+            [focal_px, 0.0, cx, 0.0, 0.0, focal_px, cy, 0.0, 0.0, 0.0, 1.0, 0.0])
+
+
 @dataclass(frozen=True)
 class SceneConfig:
     width: int = 640
