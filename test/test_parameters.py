@@ -14,6 +14,9 @@ from prune_perception.ros.parameters import (
     declare_parameters,
     markdown_table,
 )
+from prune_perception.ros.bag_player_node import BAG_PLAYER_PARAMETERS
+from prune_perception.ros.evaluator_node import EVALUATOR_PARAMETERS
+from prune_perception.ros.sim_camera_node import SIM_CAMERA_PARAMETERS
 from prune_perception.ros.video_publisher_node import VIDEO_PUBLISHER_PARAMETERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,7 +45,17 @@ def test_presets_only_set_declared_parameters_with_valid_values():
 def test_readme_tables_match_the_declared_parameters():
     readme = (ROOT / "README.md").read_text()
     assert markdown_table(DETECTOR_PARAMETERS) in readme
-    assert markdown_table(VIDEO_PUBLISHER_PARAMETERS) in readme
+    for table in (VIDEO_PUBLISHER_PARAMETERS, BAG_PLAYER_PARAMETERS, SIM_CAMERA_PARAMETERS, EVALUATOR_PARAMETERS):
+        assert markdown_table(table) in readme
+
+
+@pytest.mark.parametrize("node,specs", [("/camera/sim_camera", SIM_CAMERA_PARAMETERS), ("/evaluator", EVALUATOR_PARAMETERS)])
+def test_simulation_yaml_lists_every_parameter_with_its_default(node, specs):
+    values = yaml.safe_load((ROOT / "config" / "simulation.yaml").read_text())[node]["ros__parameters"]
+    assert list(values) == [spec.name for spec in specs]
+    for spec in specs:
+        assert type(values[spec.name]) is type(spec.default), spec.name
+        assert spec.check(values[spec.name]) is None, spec.check(values[spec.name])
 
 
 def test_node_declares_exactly_the_table(rclpy_session, yolox_nano_path):

@@ -176,7 +176,12 @@ def markdown_table(specs: Sequence[ParameterSpec]) -> str:
 
 
 if __name__ == "__main__":  # print the README tables: python -m prune_perception.ros.parameters
+    from prune_perception.ros.bag_player_node import BAG_PLAYER_PARAMETERS
+    from prune_perception.ros.evaluator_node import EVALUATOR_PARAMETERS
+    from prune_perception.ros.sim_camera_node import SIM_CAMERA_PARAMETERS
     from prune_perception.ros.video_publisher_node import VIDEO_PUBLISHER_PARAMETERS
 
-    print("detector_node\n\n" + markdown_table(DETECTOR_PARAMETERS) + "\n")
-    print("video_publisher\n\n" + markdown_table(VIDEO_PUBLISHER_PARAMETERS))
+    for name, table in (("detector_node", DETECTOR_PARAMETERS), ("video_publisher", VIDEO_PUBLISHER_PARAMETERS),
+                        ("bag_player", BAG_PLAYER_PARAMETERS), ("sim_camera", SIM_CAMERA_PARAMETERS),
+                        ("evaluator", EVALUATOR_PARAMETERS)):
+        print(f"{name}\n\n{markdown_table(table)}\n")
