@@ -8,7 +8,7 @@ STAMPS := $(VENV)/.stamps
 SHARED_DATA ?= ../shared/data
 PIP := $(PY) -m pip install -q -c requirements/constraints.txt
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo demo-real live-demo test bench clean
 
 setup: $(STAMPS)/package
 
@@ -30,8 +30,17 @@ $(STAMPS)/package: $(STAMPS)/vision_msgs setup.py setup.cfg
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e . > $(VENV)/pip-editable.log 2>&1 || { cat $(VENV)/pip-editable.log; false; }
 	touch $@
 
-# Main job: detector_node live over the shared dashcam clip with the shared YOLOX-Nano.
+# Main job: synthetic drive -> sample teacher -> compress -> live replay through detector_node ->
+# side-by-side report. Needs neither ../shared nor a GPU.
 demo: setup
+	$(PY) -m prune_perception.cli.main demo --output runs/demo
+
+# The same flow on the real YOLOX-Nano, coco128 and the dashcam clip from $(SHARED_DATA).
+demo-real: setup
+	$(PY) -m prune_perception.cli.main demo --real-data $(SHARED_DATA) --output runs/demo_real
+
+# detector_node live over the shared dashcam clip with the shared YOLOX-Nano (latency only).
+live-demo: setup
 	$(PY) -m prune_perception.cli.main live-demo \
 	  --model $(SHARED_DATA)/models/yolox_nano.onnx --video $(SHARED_DATA)/video/solidWhiteRight.mp4 \
 	  --output runs/live_demo

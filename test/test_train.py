@@ -8,7 +8,7 @@ import torch
 
 from prune_perception.compress.losses import DistillConfig, assign_targets, detection_loss, distillation_loss
 from prune_perception.compress.prune import PruneConfig, prune_model
-from prune_perception.compress.train import TrainConfig, Trainer, batch_for_step
+from prune_perception.compress.train import TrainConfig, Trainer, batch_for_step, ramped_ema_update
 from prune_perception.data.augment import AugmentConfig, Sample, augment, horizontal_flip, letterbox
 from prune_perception.data.datasets import load_yolo_dataset
 from prune_perception.models.weights import load_onnx_weights
@@ -156,3 +156,23 @@ def test_torchrun_data_parallel_keeps_ranks_identical(tmp_path):
     checksums = dict(re.findall(r"rank (\d)/2 checksum (\S+)", result.stdout))
     assert set(checksums) == {"0", "1"} and checksums["0"] == checksums["1"]  # DDP averaged the gradients
     assert (tmp_path / "train_checkpoint.pt").exists()  # written by rank 0
+
+
+def test_ramped_ema_follows_the_weights_early_and_averages_later():
+    from torch.optim.swa_utils import AveragedModel
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    ema = AveragedModel(model, multi_avg_fn=ramped_ema_update(0.999, ramp_steps=100), use_buffers=True)
+    with torch.no_grad():
+        model[0].weight.fill_(1.0)
+        model[1].num_batches_tracked.fill_(7)
+    ema.update_parameters(model)  # the copy at construction counts as the first average
+    ema.update_parameters(model)  # decay 0.999 * (1 - exp(-1/100)) ~ 0.01: almost a copy
+    assert torch.allclose(ema.module[0].weight, torch.ones(2, 2), atol=0.02)
+    assert int(ema.module[1].num_batches_tracked) == 7  # integer buffers are copied, not averaged
+    for _ in range(2000):
+        ema.update_parameters(model)
+    with torch.no_grad():
+        model[0].weight.fill_(0.0)
+    ema.update_parameters(model)  # now the decay is ~0.999: one step barely moves it
+    assert ema.module[0].weight.min() > 0.99

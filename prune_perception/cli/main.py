@@ -108,6 +108,21 @@ def cmd_compress(args: argparse.Namespace) -> int:
     return 0 if summary["models"] else EXIT_FAILED
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: synthetic drive -> sample teacher -> compress -> live replay -> report."""
+    from prune_perception.mission import MissionConfig, run_mission
+
+    changes = {"output_dir": args.output, "real_data": args.real_data}
+    if args.drive_frames:
+        changes["drive_frames"] = args.drive_frames
+    config = MissionConfig.quick(**changes) if args.quick else MissionConfig(**changes)
+    result = run_mission(config, progress=not args.no_progress)
+    print(result["summary"])
+    print(f"reports: {args.output / 'summary.md'}, {args.output / 'compress' / 'report.md'}, "
+          f"{args.output / 'replay' / 'report.md'}")
+    return 0
+
+
 def cmd_train_sample(args: argparse.Namespace) -> int:
     """Train the sample teacher on synthetic scenes and print its training report."""
     from prune_perception.sim.sample_teacher import SampleTeacherConfig, train_sample_teacher
@@ -179,6 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     commands = parser.add_subparsers(dest="command", required=True)
 
+    demo = commands.add_parser("demo", help="the main job: synthetic drive, sample teacher, compress, live replay "
+                               "through detector_node, side-by-side report (no shared data or GPU needed)")
+    demo.add_argument("--output", type=Path, default=Path("runs/demo"))
+    demo.add_argument("--real-data", type=Path, default=None,
+                      help="a shared data folder: run on the real YOLOX-Nano, coco128 and the dashcam clip")
+    demo.add_argument("--quick", action="store_true", help="scaled down (CI): short drive, few training steps")
+    demo.add_argument("--drive-frames", type=int, default=0, help="frames of the replayed drive (0: default)")
+    demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(handler=cmd_demo)
+
     live = commands.add_parser("live-demo", help="run detector_node live over a video and report latency")
     live.add_argument("--model", type=Path, default=Path("../shared/data/models/yolox_nano.onnx"))
     live.add_argument("--video", type=Path, default=Path("../shared/data/video/solidWhiteRight.mp4"))
@@ -197,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser("train-sample", help="train the sample teacher (small YOLOX) on synthetic scenes")
     sample.add_argument("--output", type=Path, default=Path("runs/sample_teacher"))
-    sample.add_argument("--steps", type=int, default=2500)
+    sample.add_argument("--steps", type=int, default=2000)
     sample.add_argument("--frames-per-seed", type=int, default=40, help="training frames from each of 24 sequences")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--no-progress", action="store_true", help="no progress bars")

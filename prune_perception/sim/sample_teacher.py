@@ -50,7 +50,7 @@ class SampleTeacherConfig:
     frame_stride: int = 3
     validation_seeds: list[int] = field(default_factory=lambda: [900, 901])
     validation_frames_per_seed: int = 30
-    steps: int = 2500
+    steps: int = 2000
     batch_size: int = 16
     learning_rate: float = 0.01
     seed: int = 0
@@ -69,8 +69,8 @@ def train_sample_teacher(output_dir: str | Path, config: SampleTeacherConfig = S
     model = build_yolox(config.variant, num_classes=len(SCENE_CLASSES))
     train_config = TrainConfig(
         steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, warmup_steps=min(200, config.steps // 5 + 1),
-        freeze_batchnorm=False, label_weight=1.0, distill_weight=0.0, ema_decay=0.999 if config.steps >= 500 else 0.99,
-        checkpoint_every=250, seed=config.seed,
+        freeze_batchnorm=False, label_weight=1.0, distill_weight=0.0, ema_decay=0.999,
+        ema_ramp_steps=max(1, config.steps // 5), checkpoint_every=250, seed=config.seed,
     )
     augment = AugmentConfig(input_size=config.input_size, mosaic_probability=0.5, scale_range=(0.6, 1.4))
     started = time.perf_counter()

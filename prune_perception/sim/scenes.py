@@ -106,7 +106,7 @@ class SceneGenerator:
     def _spawn(self, initial: bool = False) -> None:
         rng, half = self.rng, self._road_half_width()
         class_id = int(rng.choice([CAR, CAR, CAR, TRUCK, BUS, PERSON, PERSON, BICYCLE, TRAFFIC_LIGHT]))
-        z = float(rng.uniform(6, 60) if initial else rng.uniform(45, 70))
+        z = float(rng.uniform(6, 40) if initial else rng.uniform(25, 45))
         if class_id in (CAR, TRUCK, BUS):
             lane = int(rng.integers(self.config.lanes))
             x = -half + (lane + 0.5) * self.config.lane_width + float(rng.normal(0, 0.2))
@@ -131,7 +131,7 @@ class SceneGenerator:
             obj.z += (obj.speed - self.config.ego_speed) * dt
             obj.x += obj.lateral_speed * dt
         limit = self._road_half_width() + 6
-        self.objects = [o for o in self.objects if 3.0 < o.z < 90 and abs(o.x) < limit]
+        self.objects = [o for o in self.objects if 3.0 < o.z < 55 and abs(o.x) < limit]
         while len(self.objects) < self.config.max_objects:
             self._spawn()
 
