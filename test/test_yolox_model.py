@@ -110,3 +110,19 @@ def test_torch_backend_runs_the_imported_model(imported_nano, yolox_nano_path, d
     assert len(from_onnx) > 0
     np.testing.assert_array_equal(from_torch.class_ids, from_onnx.class_ids)
     np.testing.assert_allclose(from_torch.boxes_xyxy, from_onnx.boxes_xyxy, atol=0.05)
+
+
+def test_our_own_simplified_export_imports_back_by_module_path(tmp_path):
+    """onnxslim may reorder nodes (the PAFPN's bottom-up convs move between the head's); the import
+    pairs convs by the module paths in the node names, so order does not matter."""
+    from prune_perception.export.onnx_export import export_onnx
+    from prune_perception.models.weights import load_onnx_weights
+    from prune_perception.runtime.metadata import InputSpec
+
+    torch.manual_seed(0)
+    original = build_yolox("yolox_nano", num_classes=6).eval()
+    exported = export_onnx(original, tmp_path / "m.onnx", [f"c{i}" for i in range(6)], InputSpec(width=320, height=320))
+    restored = load_onnx_weights(build_yolox("yolox_nano", num_classes=6), exported.path, input_size=320).eval()
+    images = torch.rand(1, 3, 320, 320) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(restored(images), original(images), atol=1e-4, rtol=1e-4)

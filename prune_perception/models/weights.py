@@ -1,8 +1,9 @@
 """Load detector weights from other formats onto the PyTorch YOLOX.
 
 - :func:`load_onnx_weights`: from an ONNX export whose BatchNorms were folded into the convs
-  (e.g. ``yolox_nano.onnx``). Convs are paired in execution order, and every pair is checked for
-  shape, stride, padding and groups, so a model of another size or layout fails loudly.
+  (e.g. ``yolox_nano.onnx``). Convs are paired by module path where the export kept it in the node
+  names, else in execution order; every pair is checked for shape, stride, padding and groups, so
+  a model of another size or layout fails loudly.
 - :func:`load_official_checkpoint`: from an official YOLOX ``.pth`` (``{"model": state_dict}``).
 """
 
@@ -98,6 +99,7 @@ def load_onnx_weights(model: nn.Module, onnx_path: str | Path, input_size: int) 
         raise WeightImportError(
             f"{onnx_path.name} has {len(onnx_convs)} convolutions, the model {len(torch_convs)}: another architecture"
         )
+    onnx_convs = _paired_by_name(model, torch_convs, onnx_convs)
     parents = {child: parent for parent in model.modules() for child in parent.children()}
     for index, (conv, (name, weight, bias, attributes)) in enumerate(zip(torch_convs, onnx_convs)):
         expected = {
@@ -114,6 +116,30 @@ def load_onnx_weights(model: nn.Module, onnx_path: str | Path, input_size: int) 
             )
         _fold_into(conv, parents.get(conv), weight, bias)
     return model
+
+
+def _paired_by_name(model: nn.Module, torch_convs: list[nn.Conv2d], onnx_convs: list) -> list:
+    """ONNX convs in the order of ``torch_convs``: by name when the export kept the module paths
+    (``torch.onnx.export`` names a conv ``/backbone/stem/conv/conv/Conv``), which holds whatever
+    order the exporter or a simplifier put the nodes in; otherwise in graph order."""
+    module_names = {module: name for name, module in model.named_modules()}
+    by_path = {_module_path(item[0]): item for item in onnx_convs}
+    wanted = [module_names[conv] for conv in torch_convs]
+    if len(by_path) == len(onnx_convs) and all(name in by_path for name in wanted):
+        return [by_path[name] for name in wanted]
+    return onnx_convs
+
+
+def _module_path(node_name: str) -> str:
+    """``/head/cls_convs.0/cls_convs.0.0/dconv/conv/Conv`` -> ``head.cls_convs.0.0.dconv.conv``: the
+    exporter's scopes, where a container's child repeats the container's name with ``.<index>``."""
+    parts: list[str] = []
+    for segment in node_name.strip("/").split("/")[:-1]:
+        if parts and segment.startswith(parts[-1] + "."):
+            parts[-1] = segment
+        else:
+            parts.append(segment)
+    return ".".join(parts)
 
 
 def load_official_checkpoint(model: nn.Module, checkpoint_path: str | Path) -> nn.Module:

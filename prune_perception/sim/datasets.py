@@ -29,12 +29,13 @@ def scene_samples(config: SceneConfig, seeds: list[int], frames_per_seed: int, s
 
 
 def write_yolo_dataset(frames: Iterator[SceneFrame], output_dir: str | Path, prefix: str = "frame") -> list[LabelledImage]:
-    """``<output_dir>/images/<prefix>_000000.jpg`` and ``labels/<prefix>_000000.txt`` per frame."""
+    """``<output_dir>/images/<prefix>_000000.jpg`` and ``labels/<prefix>_000000.txt`` per frame,
+    numbered in order (frames of several sequences share frame indices)."""
     images_dir = Path(output_dir) / "images"
     images_dir.mkdir(parents=True, exist_ok=True)
     dataset = []
-    for frame in frames:
-        image_path = images_dir / f"{prefix}_{frame.index:06d}.jpg"
+    for number, frame in enumerate(frames):
+        image_path = images_dir / f"{prefix}_{number:06d}.jpg"
         height, width = frame.image.shape[:2]
         ok, encoded = cv2.imencode(".jpg", frame.image, [cv2.IMWRITE_JPEG_QUALITY, 95])
         if not ok:

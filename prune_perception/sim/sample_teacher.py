@@ -89,11 +89,12 @@ def train_sample_teacher(output_dir: str | Path, config: SampleTeacherConfig = S
                     "state_dict": trained.state_dict()}, tmp)
     metrics = evaluate_on_dataset(onnx_path, validation, progress=progress)
     report = {
-        "model": str(onnx_path),
+        "model": onnx_path.name,
         "config": _plain(asdict(config)),
         "training_images": len(samples),
         "validation_images": len(validation),
         "train_seconds": round(seconds, 1),
+        "resumed_from_step": result.resumed_from_step,
         "final_loss": result.history[-1]["loss"] if result.history else None,
         "ap": metrics.ap, "ap50": metrics.ap50, "per_class_ap": metrics.per_class_ap,
     }
@@ -111,10 +112,11 @@ def _plain(value: Any) -> Any:
 
 def _markdown(report: dict[str, Any]) -> str:
     lines = ["# Sample teacher: training report", "",
-             f"- model: `{Path(report['model']).name}` ({report['config']['variant']}, "
+             f"- model: `{report['model']}` ({report['config']['variant']}, "
              f"{report['config']['input_size']} px input, classes: {', '.join(SCENE_CLASSES)})",
              f"- trained from scratch on {report['training_images']} synthetic frames, "
-             f"{report['config']['steps']} steps of {report['config']['batch_size']} in {report['train_seconds']:.0f} s",
+             f"{report['config']['steps']} steps of {report['config']['batch_size']} in {report['train_seconds']:.0f} s"
+             + (f" (this run resumed at step {report['resumed_from_step']})" if report["resumed_from_step"] else ""),
              f"- held-out synthetic scenes ({report['validation_images']} frames, other seeds): "
              f"**AP {report['ap']:.3f}, AP50 {report['ap50']:.3f}**", "",
              "| class | AP |", "|---|---:|"]
