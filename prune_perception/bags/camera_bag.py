@@ -239,6 +239,23 @@ def image_topic_of(path: str | Path, topic: str | None = None) -> str:
     return image_connection_of(path, topic)[0]
 
 
+def _stamp_ns(header: Any) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
+def _decoded(reader: Any, connection: Any, path: Path) -> Iterator[tuple[int, Any]]:
+    """(record time, message) of one connection; a bag that breaks mid-way raises :class:`BagError`
+    (errors raised by the caller while handling a message are not rewrapped)."""
+    count = 0
+    try:
+        for _, receive_ns, rawdata in reader.messages(connections=[connection]):
+            message = reader.deserialize(rawdata, connection.msgtype)
+            count += 1
+            yield receive_ns, message
+    except Exception as exc:  # rosbags raises several error types for damaged files
+        raise BagError(f"{path} is damaged after {count} messages of {connection.topic}: {exc}") from exc
+
+
 def iter_camera_frames(path: str | Path, topic: str | None = None) -> Iterator[BagFrame]:
     """BGR frames of one image topic (by default the bag's only one), in record order. Frames that
     do not decode are skipped, as the node would; a bag that breaks mid-way raises :class:`BagError`."""
@@ -247,21 +264,14 @@ def iter_camera_frames(path: str | Path, topic: str | None = None) -> Iterator[B
     try:
         connection = _connection(reader, path, topic, (IMAGE_TYPE, COMPRESSED_TYPE), "image")
         index = 0
-        try:
-            for _, receive_ns, rawdata in reader.messages(connections=[connection]):
-                msg = reader.deserialize(rawdata, connection.msgtype)
-                try:
-                    image, pixel_format = (compressed_image_to_array(msg) if connection.msgtype == COMPRESSED_TYPE
-                                           else raw_image_to_array(msg))
-                except ImageFormatError:
-                    continue
-                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                yield BagFrame(index, stamp, receive_ns, to_bgr(image, pixel_format))
-                index += 1
-        except BagError:
-            raise
-        except Exception as exc:
-            raise BagError(f"{path} is damaged after {index} frames of {connection.topic}: {exc}") from exc
+        for receive_ns, msg in _decoded(reader, connection, path):
+            try:
+                image, pixel_format = (compressed_image_to_array(msg) if connection.msgtype == COMPRESSED_TYPE
+                                       else raw_image_to_array(msg))
+            except ImageFormatError:
+                continue
+            yield BagFrame(index, _stamp_ns(msg.header), receive_ns, to_bgr(image, pixel_format))
+            index += 1
     finally:
         reader.close()
 
@@ -275,25 +285,18 @@ def read_ground_truth(path: str | Path, class_names: Sequence[str], topic: str |
     truth: dict[int, BagTruth] = {}
     try:
         connection = _connection(reader, path, topic, (DETECTIONS_TYPE,), "Detection2DArray")
-        try:
-            for _, _, rawdata in reader.messages(connections=[connection]):
-                msg = reader.deserialize(rawdata, connection.msgtype)
-                boxes, ids = [], []
-                for detection in msg.detections:
-                    label = detection.results[0].hypothesis.class_id if detection.results else ""
-                    class_id = lookup.get(label, int(label) if label.isdigit() else None)
-                    if class_id is None:
-                        raise BagError(f"ground truth class {label!r} in {path} is not one of the model's classes")
-                    cx, cy = detection.bbox.center.position.x, detection.bbox.center.position.y
-                    w, h = detection.bbox.size_x, detection.bbox.size_y
-                    boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
-                    ids.append(class_id)
-                stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-                truth[stamp] = BagTruth(np.array(boxes, np.float64).reshape(-1, 4), np.array(ids, np.int64))
-        except BagError:
-            raise
-        except Exception as exc:
-            raise BagError(f"{path}: cannot read ground truth on {connection.topic}: {exc}") from exc
+        for _, msg in _decoded(reader, connection, path):
+            boxes, ids = [], []
+            for detection in msg.detections:
+                label = detection.results[0].hypothesis.class_id if detection.results else ""
+                class_id = lookup.get(label, int(label) if label.isdigit() else None)
+                if class_id is None:
+                    raise BagError(f"ground truth class {label!r} in {path} is not one of the model's classes")
+                cx, cy = detection.bbox.center.position.x, detection.bbox.center.position.y
+                w, h = detection.bbox.size_x, detection.bbox.size_y
+                boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+                ids.append(class_id)
+            truth[_stamp_ns(msg.header)] = BagTruth(np.array(boxes, np.float64).reshape(-1, 4), np.array(ids, np.int64))
     finally:
         reader.close()
     return truth
