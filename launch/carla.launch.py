@@ -8,11 +8,12 @@ The bridge publishes /carla/<ego role>/<camera role>/image (bgra8) and camera_in
 in synchronous mode; the detector subscribes to that image topic with use_sim_time.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 PACKAGE = "prune_perception"
 

@@ -8,11 +8,12 @@ ros_gz_image publishes the gz camera topic under the same name (rgb8); with the 
 the detector runs on use_sim_time.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 PACKAGE = "prune_perception"
 

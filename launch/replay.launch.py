@@ -8,12 +8,13 @@ use_sim_time, so its end-to-end latency is measured in the bag's time. Where ros
 `ros2 bag play --clock 500 <bag>` next to detector.launch.py use_sim_time:=true does the same.
 """
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, IncludeLaunchDescription, SetEnvironmentVariable
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 PACKAGE = "prune_perception"
 

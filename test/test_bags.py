@@ -6,6 +6,7 @@ import shutil
 import cv2
 import numpy as np
 import pytest
+from tiny_models import constant_detector
 
 from prune_perception.bags.camera_bag import (
     BagError,
@@ -20,7 +21,6 @@ from prune_perception.eval.bag_eval import TruthSource, evaluate_bag_offline
 from prune_perception.eval.bag_report import write_bag_report
 from prune_perception.sim.datasets import scene_frames, write_yolo_dataset
 from prune_perception.sim.scenes import SCENE_CLASSES, SceneConfig, SceneGenerator
-from tiny_models import constant_detector
 
 SMALL_SCENE = SceneConfig(width=160, height=96)
 START_NS = 1_700_000_000_000_000_000

@@ -10,12 +10,12 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.node import Node
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CameraInfo, Image
+from tiny_models import constant_detector
 from vision_msgs.msg import Detection2DArray
 
 from prune_perception.ros.live_session import NodeProcess, ros_arguments
 from prune_perception.ros.node_main import apply_fastdds_large_image_profile
 from prune_perception.sim.scenes import SCENE_CLASSES, SceneConfig, SceneGenerator
-from tiny_models import constant_detector
 
 WIDTH, HEIGHT, FRAMES = 320, 192, 30
 

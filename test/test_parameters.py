@@ -8,14 +8,14 @@ import yaml
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 
+from prune_perception.ros.bag_player_node import BAG_PLAYER_PARAMETERS
+from prune_perception.ros.evaluator_node import EVALUATOR_PARAMETERS
 from prune_perception.ros.parameters import (
     DETECTOR_PARAMETERS,
     ParameterValidationError,
     declare_parameters,
     markdown_table,
 )
-from prune_perception.ros.bag_player_node import BAG_PLAYER_PARAMETERS
-from prune_perception.ros.evaluator_node import EVALUATOR_PARAMETERS
 from prune_perception.ros.sim_camera_node import SIM_CAMERA_PARAMETERS
 from prune_perception.ros.video_publisher_node import VIDEO_PUBLISHER_PARAMETERS
 

@@ -25,8 +25,8 @@ import cv2
 import numpy as np
 
 from prune_perception.bags.typestore import bag_typestore
-from prune_perception.data.image_codec import compressed_image_to_array, raw_image_to_array, to_bgr
 from prune_perception.data.frame_source import FrameSourceError
+from prune_perception.data.image_codec import compressed_image_to_array, raw_image_to_array, to_bgr
 from prune_perception.errors import ImageFormatError
 from prune_perception.sim.scenes import pinhole_intrinsics
 

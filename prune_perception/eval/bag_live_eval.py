@@ -73,8 +73,8 @@ def evaluate_bag_live(bag: str | Path, models: dict[str, str | Path], truth_sour
                       detector_params: dict[str, Any] | None = None) -> tuple[list[ModelResult], dict[str, Any]]:
     import rclpy
 
-    from prune_perception.ros.live_session import NodeProcess, ros_arguments, run_with_player
     from prune_perception.ros.detection_messages import msg_to_arrays
+    from prune_perception.ros.live_session import NodeProcess, ros_arguments, run_with_player
 
     bag, output = Path(bag), Path(output_dir)
     if not models:

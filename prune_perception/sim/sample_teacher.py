@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from prune_perception.compress.train import Trainer, TrainConfig
+from prune_perception.compress.train import TrainConfig, Trainer
 from prune_perception.data.augment import AugmentConfig
 from prune_perception.eval.detector_eval import evaluate_on_dataset
 from prune_perception.export.onnx_export import export_onnx
