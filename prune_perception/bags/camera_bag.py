@@ -29,6 +29,7 @@ from prune_perception.data.frame_source import FrameSourceError
 from prune_perception.data.image_codec import compressed_image_to_array, raw_image_to_array, to_bgr
 from prune_perception.errors import ImageFormatError
 from prune_perception.sim.scenes import pinhole_intrinsics
+from prune_perception.stamps import ns_to_sec_nanosec, stamp_to_ns
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -55,8 +56,8 @@ class CameraTopics:
 
 
 def _stamp(typestore: Any, stamp_ns: int) -> Any:
-    Time = typestore.types["builtin_interfaces/msg/Time"]
-    return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
+    sec, nanosec = ns_to_sec_nanosec(stamp_ns)
+    return typestore.types["builtin_interfaces/msg/Time"](sec=sec, nanosec=nanosec)
 
 
 class CameraBagWriter:
@@ -239,10 +240,6 @@ def image_topic_of(path: str | Path, topic: str | None = None) -> str:
     return image_connection_of(path, topic)[0]
 
 
-def _stamp_ns(header: Any) -> int:
-    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
-
-
 def _decoded(reader: Any, connection: Any, path: Path) -> Iterator[tuple[int, Any]]:
     """(record time, message) of one connection; a bag that breaks mid-way raises :class:`BagError`
     (errors raised by the caller while handling a message are not rewrapped)."""
@@ -270,7 +267,7 @@ def iter_camera_frames(path: str | Path, topic: str | None = None) -> Iterator[B
                                        else raw_image_to_array(msg))
             except ImageFormatError:
                 continue
-            yield BagFrame(index, _stamp_ns(msg.header), receive_ns, to_bgr(image, pixel_format))
+            yield BagFrame(index, stamp_to_ns(msg.header.stamp), receive_ns, to_bgr(image, pixel_format))
             index += 1
     finally:
         reader.close()
@@ -296,7 +293,7 @@ def read_ground_truth(path: str | Path, class_names: Sequence[str], topic: str |
                 w, h = detection.bbox.size_x, detection.bbox.size_y
                 boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
                 ids.append(class_id)
-            truth[_stamp_ns(msg.header)] = BagTruth(np.array(boxes, np.float64).reshape(-1, 4), np.array(ids, np.int64))
+            truth[stamp_to_ns(msg.header.stamp)] = BagTruth(np.array(boxes, np.float64).reshape(-1, 4), np.array(ids, np.int64))
     finally:
         reader.close()
     return truth

@@ -18,13 +18,14 @@ from typing import Any, Iterator
 
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from rosgraph_msgs.msg import Clock
 from vision_msgs.msg import Detection2DArray
 
 from prune_perception.bags.camera_bag import COMPRESSED_TYPE, IMAGE_TYPE, BagError, open_bag
 from prune_perception.ros.node_main import run_node
 from prune_perception.ros.parameters import ParameterSpec, ParameterValidationError, declare_parameters
 from prune_perception.ros.qos import RELIABILITIES, image_qos
+from prune_perception.ros.sim_clock import ClockPublisher
+from prune_perception.stamps import stamp_to_ns
 
 BAG_PLAYER_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("bag", "", "rosbag2 folder, .mcap or .db3 file.", read_only=True, pattern_hint="existing bag"),
@@ -94,7 +95,7 @@ class BagPlayerNode(Node):
         self._messages: Iterator = self._reader.messages(connections=connections)
         self._next = next(self._messages, None)
         self._bag_start = self._next[1] if self._next else 0
-        self._clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=1)) if self.params["publish_clock"] else None
+        self._sim_clock = ClockPublisher(self, self.params["publish_clock"])
         self._pace_stamp = -1
         if self.params["rate"] == 0:
             self.create_subscription(Detection2DArray, self.params["pace_topic"], self._on_pace, 10)
@@ -110,7 +111,7 @@ class BagPlayerNode(Node):
                                + (f"at {rate:g}x" if rate else f"paced by {self.params['pace_topic']}"))
 
     def _on_pace(self, msg: Detection2DArray) -> None:
-        self._pace_stamp = max(self._pace_stamp, msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec)
+        self._pace_stamp = max(self._pace_stamp, stamp_to_ns(msg.header.stamp))
 
     def _bag_now(self, wall: float) -> int:
         if self._started_wall is None:
@@ -118,12 +119,6 @@ class BagPlayerNode(Node):
         if self.params["rate"] > 0:
             return self._bag_start + int((wall - self._started_wall) * self.params["rate"] * 1e9)
         return self._last_image_stamp + int((wall - self._last_image_wall) * 1e9)
-
-    def _publish_clock(self, stamp_ns: int) -> None:
-        if self._clock_pub is not None:
-            msg = Clock()
-            msg.clock.sec, msg.clock.nanosec = divmod(stamp_ns, 1_000_000_000)
-            self._clock_pub.publish(msg)
 
     def _due(self, wall: float, receive_ns: int, is_image: bool) -> bool:
         if self.params["rate"] > 0:
@@ -139,10 +134,10 @@ class BagPlayerNode(Node):
             waiting = wall < self._ready_at or any(
                 p.get_subscription_count() < self.params["wait_for_subscribers"] for p in self._image_publishers)
             if waiting:
-                self._publish_clock(self._bag_start)
+                self._sim_clock.publish(self._bag_start)
                 return
             self._started_wall = self._last_image_wall = wall
-        self._publish_clock(self._bag_now(wall))
+        self._sim_clock.publish(self._bag_now(wall))
         while self._next is not None:
             connection, receive_ns, rawdata = self._next
             publisher, is_image = self._outputs[connection.topic]
@@ -153,7 +148,7 @@ class BagPlayerNode(Node):
                 break
             if is_image and self.params["rate"] == 0:
                 self._last_image_stamp, self._last_image_wall = receive_ns, wall
-                self._publish_clock(receive_ns)
+                self._sim_clock.publish(receive_ns)
             publisher.publish(bytes(rawdata))
             self.messages += 1
             self.images += int(is_image)

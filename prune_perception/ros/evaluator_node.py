@@ -30,6 +30,7 @@ from prune_perception.ros.detection_messages import msg_to_arrays
 from prune_perception.ros.diagnostics import make_status
 from prune_perception.ros.node_main import run_node
 from prune_perception.ros.parameters import ParameterSpec, declare_parameters
+from prune_perception.stamps import stamp_to_ns
 
 EVALUATOR_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("window_frames", 300, "Ground-truth frames the running AP covers.", minimum=1, maximum=100000,
@@ -41,10 +42,6 @@ EVALUATOR_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("diagnostics_period_s", 1.0, "Seconds between diagnostics (steady clock).", minimum=0.05,
                   maximum=60.0, read_only=True),
 )
-
-
-def _stamp_ns(msg: Detection2DArray) -> int:
-    return msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
 
 
 class EvaluatorNode(Node):
@@ -85,7 +82,7 @@ class EvaluatorNode(Node):
         return ImageBoxes(index, self.params["image_width"], self.params["image_height"], boxes, self._ids(labels), scores)
 
     def _on_truth(self, msg: Detection2DArray) -> None:
-        stamp = _stamp_ns(msg)
+        stamp = stamp_to_ns(msg.header.stamp)
         detections = self.early_detections.pop(stamp, None)
         if detections is not None:
             self._record(msg, detections)
@@ -94,7 +91,7 @@ class EvaluatorNode(Node):
         self._expire()
 
     def _on_detections(self, msg: Detection2DArray) -> None:
-        stamp = _stamp_ns(msg)
+        stamp = stamp_to_ns(msg.header.stamp)
         self.latencies_ms.append((self.get_clock().now().nanoseconds - stamp) / 1e6)
         pending = self.pending_truth.pop(stamp, None)
         if pending is not None:

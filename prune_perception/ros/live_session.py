@@ -26,6 +26,7 @@ from vision_msgs.msg import Detection2DArray
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.ros.detector_node import LATENCY_TOPICS
 from prune_perception.ros.node_main import apply_fastdds_large_image_profile
+from prune_perception.stamps import stamp_to_ns
 
 DETECTOR_MODULE = "prune_perception.ros.detector_node"
 VIDEO_PUBLISHER_MODULE = "prune_perception.ros.video_publisher_node"
@@ -130,8 +131,7 @@ class LiveRecorder(Node):
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 100)
 
     def _on_detections(self, msg: Detection2DArray) -> None:
-        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        self.detections.append(ReceivedDetections(stamp_ns, msg.header.frame_id, time.time(), msg))
+        self.detections.append(ReceivedDetections(stamp_to_ns(msg.header.stamp), msg.header.frame_id, time.time(), msg))
 
     def _on_diagnostics(self, msg: DiagnosticArray) -> None:
         for status in msg.status:

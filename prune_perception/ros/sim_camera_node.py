@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 from rclpy.node import Node
 from rclpy.qos import QoSProfile
-from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
@@ -29,8 +28,10 @@ from prune_perception.ros.image_conversion import array_to_image_msg
 from prune_perception.ros.node_main import run_node
 from prune_perception.ros.parameters import ParameterSpec, declare_parameters
 from prune_perception.ros.qos import RELIABILITIES, image_qos
+from prune_perception.ros.sim_clock import ClockPublisher
 from prune_perception.runtime.postprocess import Detections
 from prune_perception.sim.scenes import SCENE_CLASSES, SceneConfig, SceneGenerator, pinhole_intrinsics
+from prune_perception.stamps import ns_to_sec_nanosec
 
 SIM_CAMERA_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("width", 640, "Image width.", minimum=64, maximum=4096, read_only=True),
@@ -69,7 +70,7 @@ class SimCameraNode(Node):
         self._image_pub = self.create_publisher(Image, "image_raw", qos)
         self._info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
         self._truth_pub = self.create_publisher(Detection2DArray, "ground_truth", QoSProfile(depth=100))
-        self._clock_pub = self.create_publisher(Clock, "/clock", QoSProfile(depth=1)) if p["publish_clock"] else None
+        self._sim_clock = ClockPublisher(self, p["publish_clock"])
         self.frames = 0
         self._started: float | None = None
         self._timer = self.create_timer(1.0 / p["clock_rate_hz"], self._tick)
@@ -79,21 +80,15 @@ class SimCameraNode(Node):
     def _sim_ns(self, wall: float) -> int:
         return 0 if self._started is None else int((wall - self._started) * self.params["real_time_factor"] * 1e9)
 
-    def _publish_clock(self, stamp_ns: int) -> None:
-        if self._clock_pub is not None:
-            msg = Clock()
-            msg.clock.sec, msg.clock.nanosec = divmod(stamp_ns, 1_000_000_000)
-            self._clock_pub.publish(msg)
-
     def _tick(self) -> None:
         wall = time.monotonic()
         if self._started is None:
             if self._image_pub.get_subscription_count() < self.params["wait_for_subscribers"]:
-                self._publish_clock(0)
+                self._sim_clock.publish(0)
                 return
             self._started = wall
         now_ns = self._sim_ns(wall)
-        self._publish_clock(now_ns)
+        self._sim_clock.publish(now_ns)
         frame_ns = int(round(self.frames * 1e9 / self.params["frame_rate_hz"]))
         if now_ns < frame_ns:
             return
@@ -103,7 +98,7 @@ class SimCameraNode(Node):
             return
         frame = self.generator.next_frame()
         header = Header(frame_id=self.params["frame_id"])
-        header.stamp.sec, header.stamp.nanosec = divmod(frame_ns, 1_000_000_000)
+        header.stamp.sec, header.stamp.nanosec = ns_to_sec_nanosec(frame_ns)
         self._image_pub.publish(array_to_image_msg(frame.image, "bgr8", header))
         self._info_pub.publish(self._camera_info(header))
         truth = Detections(frame.boxes_xyxy, np.ones(len(frame.class_ids), np.float32), frame.class_ids, SCENE_CLASSES)
