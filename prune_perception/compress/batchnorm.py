@@ -19,6 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from prune_perception.models.hooks import hooked_eval
+
 
 def _batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
     return [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
@@ -37,16 +39,9 @@ def _input_statistics(model: nn.Module, batches: Sequence[torch.Tensor]) -> dict
         sums[module] = [channel_sum, channel_squares, count] if previous is None else [
             previous[0] + channel_sum, previous[1] + channel_squares, previous[2] + count]
 
-    hooks = [bn.register_forward_pre_hook(hook) for bn in _batchnorms(model)]
-    was_training = model.training
-    model.eval()
-    try:
+    with hooked_eval(model, [bn.register_forward_pre_hook(hook) for bn in _batchnorms(model)]):
         for batch in batches:
             model(batch)
-    finally:
-        for handle in hooks:
-            handle.remove()
-        model.train(was_training)
     statistics = {}
     for module, (channel_sum, channel_squares, count) in sums.items():
         mean = channel_sum / count
@@ -93,13 +88,6 @@ def recalibrate_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor], dea
         module.running_mean.copy_(mean.float())
         module.running_var.copy_(torch.where(alive, variance, module.running_var.double()).float())
 
-    hooks = [bn.register_forward_pre_hook(recalibrate) for bn in _batchnorms(model)]
-    was_training = model.training
-    model.eval()
-    try:
+    with hooked_eval(model, [bn.register_forward_pre_hook(recalibrate) for bn in _batchnorms(model)]):
         model(images)
-    finally:
-        for handle in hooks:
-            handle.remove()
-        model.train(was_training)
     return model

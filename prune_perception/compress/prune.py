@@ -23,6 +23,7 @@ from torch import nn
 
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.files import atomic_output
+from prune_perception.models.hooks import hooked_eval
 
 LOGGER = logging.getLogger(__name__)
 IMPORTANCE_CRITERIA = ("l1", "l2", "bn_scale", "taylor")
@@ -124,12 +125,8 @@ def protected_layers(model: nn.Module, round_to: int = 1) -> list[nn.Module]:
 
 
 def count_macs_params(model: nn.Module, example_inputs: torch.Tensor) -> tuple[int, int]:
-    was_training = model.training
-    model.eval()
-    try:
+    with hooked_eval(model, ()):
         macs, params = tp.utils.count_ops_and_params(model, example_inputs)
-    finally:
-        model.train(was_training)
     return int(macs), int(params)
 
 

@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from prune_perception.models.hooks import hooked_eval
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -128,18 +130,10 @@ def reconstruct_pruned(
             targets[name] = (positions, _rows(output, positions).double())
         return hook
 
-    handles = []
-    for name, _conv in _convolutions(teacher):
-        target_module = teacher_modules[pairs[name]] if name in pairs else teacher_modules[name]
-        handles.append(target_module.register_forward_hook(record(name)))
-    teacher_was_training, student_was_training = teacher.training, student.training
-    teacher.eval()
-    student.eval()
-    try:
+    recorders = [teacher_modules[pairs.get(name, name)].register_forward_hook(record(name))
+                 for name, _conv in _convolutions(teacher)]
+    with hooked_eval(teacher, recorders):
         teacher(images)
-    finally:
-        for handle in handles:
-            handle.remove()
 
     result = ReconstructionResult(layers=0)
 
@@ -181,15 +175,10 @@ def reconstruct_pruned(
             result.layers += 1
         return hook
 
-    handles = [conv.register_forward_pre_hook(refit(name)) for name, conv in _convolutions(student)
-               if name in targets and (conv.bias is not None or name in pairs)]
-    try:
+    refits = [conv.register_forward_pre_hook(refit(name)) for name, conv in _convolutions(student)
+              if name in targets and (conv.bias is not None or name in pairs)]
+    with hooked_eval(student, refits):
         student(images)
-    finally:
-        for handle in handles:
-            handle.remove()
-        teacher.train(teacher_was_training)
-        student.train(student_was_training)
     LOGGER.info("reconstructed %d layers: mean relative error %.3f -> %.3f", result.layers,
                 result.mean_error_before, result.mean_error_after)
     return result

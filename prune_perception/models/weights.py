@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from prune_perception.errors import ModelLoadError
+from prune_perception.models.hooks import hooked_eval
 from prune_perception.models.yolox import BaseConv
 
 
@@ -27,15 +28,8 @@ def convs_in_execution_order(model: nn.Module, input_size: int) -> list[nn.Conv2
     """Every Conv2d of ``model`` in the order a forward pass runs them."""
     order: list[nn.Conv2d] = []
     hooks = [m.register_forward_pre_hook(lambda m, _: order.append(m)) for m in model.modules() if isinstance(m, nn.Conv2d)]
-    was_training = model.training
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, 3, input_size, input_size))
-    finally:
-        for hook in hooks:
-            hook.remove()
-        model.train(was_training)
+    with hooked_eval(model, hooks), torch.no_grad():
+        model(torch.zeros(1, 3, input_size, input_size))
     return order
 
 
