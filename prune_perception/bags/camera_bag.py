@@ -273,6 +273,11 @@ def iter_camera_frames(path: str | Path, topic: str | None = None) -> Iterator[B
         reader.close()
 
 
+def class_id_of(label: str, lookup: dict[str, int]) -> int:
+    """A Detection2D ``class_id`` (a class name, or a class index as text) -> class index; -1 if unknown."""
+    return lookup.get(label, int(label) if label.isdigit() else -1)
+
+
 def read_ground_truth(path: str | Path, class_names: Sequence[str], topic: str | None = None) -> dict[int, BagTruth]:
     """Detection2DArray ground truth keyed by header stamp (ns). Class ids in the messages may be
     class names or integer strings."""
@@ -286,8 +291,8 @@ def read_ground_truth(path: str | Path, class_names: Sequence[str], topic: str |
             boxes, ids = [], []
             for detection in msg.detections:
                 label = detection.results[0].hypothesis.class_id if detection.results else ""
-                class_id = lookup.get(label, int(label) if label.isdigit() else None)
-                if class_id is None:
+                class_id = class_id_of(label, lookup)
+                if class_id < 0:
                     raise BagError(f"ground truth class {label!r} in {path} is not one of the model's classes")
                 cx, cy = detection.bbox.center.position.x, detection.bbox.center.position.y
                 w, h = detection.bbox.size_x, detection.bbox.size_y

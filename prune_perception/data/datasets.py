@@ -19,7 +19,6 @@ import numpy as np
 from prune_perception.data.frame_source import IMAGE_SUFFIXES, FrameSourceError, iter_frames
 from prune_perception.data.yolo_labels import label_path_for, read_yolo_labels
 
-VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm")
 BAG_SUFFIXES = (".db3", ".mcap")
 
 

@@ -19,6 +19,7 @@ from prune_perception.bags.camera_bag import (
     COMPRESSED_TYPE,
     BagError,
     BagTruth,
+    class_id_of,
     image_connection_of,
     iter_camera_frames,
     read_ground_truth,
@@ -34,14 +35,20 @@ LIVE_SCORE_THRESHOLD = 0.05
 Detection2DArray messages (and their publish cost) realistic."""
 
 
-def _frame_stamps(bag: Path, image_topic: str | None, max_frames: int) -> tuple[list[int], tuple[int, int]]:
-    stamps, size = [], (0, 0)
-    for frame in iter_camera_frames(bag, image_topic):
+def _scan_frames(bag: Path, topic: str, max_frames: int, teacher: Detector | None,
+                 ) -> tuple[list[int], tuple[int, int], dict[int, BagTruth]]:
+    """One pass over the bag's frames: their stamps, the image size, and (fidelity mode) the
+    teacher's detections as ground truth."""
+    stamps, size, teacher_truth = [], (0, 0), {}
+    for frame in iter_camera_frames(bag, topic):
         if max_frames and frame.index >= max_frames:
             break
         stamps.append(frame.stamp_ns)
         size = (frame.image.shape[1], frame.image.shape[0])
-    return stamps, size
+        if teacher is not None:
+            detections = teacher.detect(frame.image).detections
+            teacher_truth[frame.stamp_ns] = BagTruth(detections.boxes_xyxy, detections.class_ids)
+    return stamps, size, teacher_truth
 
 
 def _class_names(model: str | Path) -> tuple[str, ...]:
@@ -49,22 +56,13 @@ def _class_names(model: str | Path) -> tuple[str, ...]:
     return metadata.class_names if metadata else Detector(model, device="cpu").metadata.class_names
 
 
-def _truth_by_stamp(bag: Path, truth_source: TruthSource, class_names: tuple[str, ...], stamps: list[int],
-                    image_topic: str | None, device: str) -> dict[int, BagTruth]:
+def _truth_by_stamp(bag: Path, truth_source: TruthSource, class_names: tuple[str, ...],
+                    stamps: list[int]) -> dict[int, BagTruth]:
+    """Ground truth from a topic or a COCO json (the teacher's comes from :func:`_scan_frames`)."""
     if truth_source.kind == "topic":
         return read_ground_truth(bag, class_names, truth_source.topic)
-    if truth_source.kind == "coco":
-        truth, key_kind = load_coco_truth(truth_source.coco_json, class_names)
-        return truth if key_kind == "timestamp_ns" else {stamps[i]: t for i, t in truth.items() if i < len(stamps)}
-    teacher = Detector(truth_source.teacher_model, device=device,
-                       config=DetectorConfig(score_threshold=truth_source.teacher_score_threshold))
-    truth = {}
-    for frame in iter_camera_frames(bag, image_topic):
-        if frame.index >= len(stamps):
-            break
-        detections = teacher.detect(frame.image).detections
-        truth[frame.stamp_ns] = BagTruth(detections.boxes_xyxy, detections.class_ids)
-    return truth
+    truth, key_kind = load_coco_truth(truth_source.coco_json, class_names)
+    return truth if key_kind == "timestamp_ns" else {stamps[i]: t for i, t in truth.items() if i < len(stamps)}
 
 
 def evaluate_bag_live(bag: str | Path, models: dict[str, str | Path], truth_source: TruthSource,
@@ -81,10 +79,13 @@ def evaluate_bag_live(bag: str | Path, models: dict[str, str | Path], truth_sour
         raise BagError("no models to evaluate")
     class_names = _class_names(next(iter(models.values())))
     topic, msgtype = image_connection_of(bag, image_topic)
-    stamps, (width, height) = _frame_stamps(bag, topic, max_frames)
+    teacher = (Detector(truth_source.teacher_model, device=device,
+                        config=DetectorConfig(score_threshold=truth_source.teacher_score_threshold))
+               if truth_source.kind == "teacher" else None)
+    stamps, (width, height), teacher_truth = _scan_frames(bag, topic, max_frames, teacher)
     if not stamps:
         raise BagError(f"{bag} has no frames on {topic}")
-    truth = _truth_by_stamp(bag, truth_source, class_names, stamps, image_topic, device)
+    truth = teacher_truth if teacher is not None else _truth_by_stamp(bag, truth_source, class_names, stamps)
     evaluated = [s for s in stamps if s in truth]
     if not evaluated:
         raise BagError(f"no frame of {bag} has ground truth ({truth_source.label})")
@@ -112,7 +113,7 @@ def evaluate_bag_live(bag: str | Path, models: dict[str, str | Path], truth_sour
             latencies = run.latencies
             for position, received in enumerate(run.detections):
                 boxes, scores, labels = msg_to_arrays(received.msg)
-                ids = np.array([lookup.get(label, int(label) if label.isdigit() else -1) for label in labels], np.int64)
+                ids = np.array([class_id_of(label, lookup) for label in labels], np.int64)
                 if received.stamp_ns in index_of:
                     predictions.append(ImageBoxes(index_of[received.stamp_ns], width, height, boxes, ids, scores))
                 stage = {key: (latencies[key][position] if position < len(latencies[key]) else math.nan)

@@ -22,11 +22,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from prune_perception.compress.train import TrainConfig, Trainer
 from prune_perception.data.augment import AugmentConfig
+from prune_perception.eval.compress_report import plot_training_curves
 from prune_perception.eval.detector_eval import evaluate_on_dataset
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import atomic_output, write_json_atomic, write_text_atomic
@@ -101,7 +101,7 @@ def train_sample_teacher(output_dir: str | Path, config: SampleTeacherConfig = S
     write_json_atomic(output / "training_report.json", report)
     write_json_atomic(output / "training_history.json", result.history)
     write_text_atomic(output / "training_report.md", _markdown(report))
-    _plot_loss(result.history, output / "training_curve.png")
+    plot_training_curves({"sample teacher": result.history}, output / "training_curve.png")
     LOGGER.info("sample teacher: AP %.3f, AP50 %.3f on %d held-out scenes", metrics.ap, metrics.ap50, len(validation))
     return report
 
@@ -122,28 +122,3 @@ def _markdown(report: dict[str, Any]) -> str:
              "| class | AP |", "|---|---:|"]
     lines += [f"| {name} | {ap:.3f} |" for name, ap in report["per_class_ap"].items()]
     return "\n".join(lines) + "\n"
-
-
-def _plot_loss(history: list[dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if not history:
-        return
-    steps = [h["step"] for h in history]
-    losses = np.array([h["loss"] for h in history])
-    window = max(1, len(losses) // 50)
-    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
-    figure, axis = plt.subplots(figsize=(7, 4))
-    axis.plot(steps, losses, alpha=0.3, label="loss")
-    axis.plot(steps[window - 1:], smooth, label=f"mean of {window}")
-    axis.set_xlabel("step")
-    axis.set_ylabel("detection loss")
-    axis.set_title("sample teacher training")
-    axis.legend()
-    figure.tight_layout()
-    with atomic_output(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
