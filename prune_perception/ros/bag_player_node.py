@@ -21,7 +21,7 @@ from rclpy.qos import QoSProfile
 from vision_msgs.msg import Detection2DArray
 
 from prune_perception.bags.camera_bag import COMPRESSED_TYPE, IMAGE_TYPE, BagError, open_bag
-from prune_perception.ros.node_main import run_node
+from prune_perception.ros.node_main import finish_publishing, run_node
 from prune_perception.ros.parameters import ParameterSpec, ParameterValidationError, declare_parameters
 from prune_perception.ros.qos import RELIABILITIES, image_qos
 from prune_perception.ros.sim_clock import ClockPublisher
@@ -157,13 +157,10 @@ class BagPlayerNode(Node):
             self._finish(wall)
 
     def _finish(self, wall: float) -> None:
-        self._timer.cancel()
         self._reader.close()
         elapsed = wall - (self._started_wall or wall)
-        self.get_logger().info(f"played {self.messages} messages ({self.images} images) in {elapsed:.2f} s")
-        if self.params["exit_when_done"]:
-            time.sleep(0.5)  # let reliable subscribers fetch the last samples
-            self.context.try_shutdown()
+        finish_publishing(self, self._timer, f"played {self.messages} messages ({self.images} images) in {elapsed:.2f} s",
+                          self.params["exit_when_done"])
 
 
 def main(args: list[str] | None = None) -> None:

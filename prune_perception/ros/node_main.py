@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import rclpy
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
+from rclpy.timer import Timer
 
 from prune_perception.ros.parameters import ParameterValidationError
 
@@ -27,6 +29,17 @@ def apply_fastdds_large_image_profile() -> None:
     """
     if "FASTDDS_BUILTIN_TRANSPORTS" not in os.environ and "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ:
         os.environ["FASTDDS_DEFAULT_PROFILES_FILE"] = str(FASTDDS_PROFILE_PATH)
+
+
+def finish_publishing(node: Node, timer: Timer, summary: str, exit_when_done: bool) -> None:
+    """End of a finite publisher (video, bag, simulation): stop its timer, log ``summary``, and
+    with ``exit_when_done`` shut the process down after a moment that lets reliable subscribers
+    fetch the last samples."""
+    timer.cancel()
+    node.get_logger().info(summary)
+    if exit_when_done:
+        time.sleep(0.5)
+        node.context.try_shutdown()
 
 
 def run_node(node_class: type[Node], args: list[str] | None = None) -> int:

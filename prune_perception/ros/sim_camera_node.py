@@ -25,7 +25,7 @@ from vision_msgs.msg import Detection2DArray
 
 from prune_perception.ros.detection_messages import detections_to_msg
 from prune_perception.ros.image_conversion import array_to_image_msg
-from prune_perception.ros.node_main import run_node
+from prune_perception.ros.node_main import finish_publishing, run_node
 from prune_perception.ros.parameters import ParameterSpec, declare_parameters
 from prune_perception.ros.qos import RELIABILITIES, image_qos
 from prune_perception.ros.sim_clock import ClockPublisher
@@ -114,11 +114,7 @@ class SimCameraNode(Node):
         return info
 
     def _finish(self) -> None:
-        self._timer.cancel()
-        self.get_logger().info(f"simulated {self.frames} frames")
-        if self.params["exit_when_done"]:
-            time.sleep(0.5)
-            self.context.try_shutdown()
+        finish_publishing(self, self._timer, f"simulated {self.frames} frames", self.params["exit_when_done"])
 
 
 def main(args: list[str] | None = None) -> None:

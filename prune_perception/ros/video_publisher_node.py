@@ -17,7 +17,7 @@ from std_msgs.msg import Header
 
 from prune_perception.data.frame_source import FrameSourceError, iter_frames, source_frame_rate
 from prune_perception.ros.image_conversion import ENCODINGS, array_to_compressed_msg, array_to_image_msg
-from prune_perception.ros.node_main import run_node
+from prune_perception.ros.node_main import finish_publishing, run_node
 from prune_perception.ros.parameters import ParameterSpec, ParameterValidationError, declare_parameters
 from prune_perception.ros.qos import RELIABILITIES, image_qos
 
@@ -116,14 +116,10 @@ class VideoPublisherNode(Node):
         self.published += 1
 
     def _finish(self) -> None:
-        self._timer.cancel()
         elapsed = time.monotonic() - (self._first_publish or time.monotonic())
         rate = (self.published - 1) / elapsed if elapsed > 0 and self.published > 1 else 0.0
-        self.get_logger().info(f"published {self.published} frames in {elapsed:.2f} s ({rate:.1f} Hz)")
-        if self.params["exit_when_done"]:
-            # Give reliable subscribers a moment to fetch the last samples, then stop spinning.
-            time.sleep(0.5)
-            self.context.try_shutdown()
+        finish_publishing(self, self._timer, f"published {self.published} frames in {elapsed:.2f} s ({rate:.1f} Hz)",
+                          self.params["exit_when_done"])
 
 
 def main(args: list[str] | None = None) -> None:
