@@ -16,8 +16,8 @@ $(STAMPS)/venv:
 	$(PYTHON) -m venv $(VENV)
 	mkdir -p $(STAMPS) && touch $@
 
-$(STAMPS)/deps: $(STAMPS)/venv requirements/constraints.txt requirements/base.txt requirements/ros.txt requirements/dev.txt requirements/stubs.txt
-	$(PIP) -r requirements/base.txt -r requirements/dev.txt
+$(STAMPS)/deps: $(STAMPS)/venv requirements/constraints.txt requirements/base.txt requirements/ros.txt requirements/dev.txt requirements/stubs.txt requirements/modelopt.txt
+	$(PIP) -r requirements/base.txt -r requirements/dev.txt -r requirements/modelopt.txt
 	$(PY) -c "import rclpy" 2>/dev/null || $(PIP) -r requirements/ros.txt
 	$(PIP) --no-deps -r requirements/stubs.txt
 	touch $@

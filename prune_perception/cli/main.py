@@ -12,6 +12,8 @@ from prune_perception.errors import PrunePerceptionError
 
 EXIT_USAGE = 2
 EXIT_FAILED = 1
+EXIT_UNAVAILABLE = 3
+"""A step that needs what this machine lacks (TensorRT, a GPU) was skipped."""
 
 
 def _missing_inputs(paths: dict[str, Path]) -> list[str]:
@@ -106,6 +108,45 @@ def cmd_compress(args: argparse.Namespace) -> int:
     summary = CompressionRun(config, progress=not args.no_progress).run()
     print((Path(config.output_dir) / "report.md").read_text())
     return 0 if summary["models"] else EXIT_FAILED
+
+
+def cmd_stage(args: argparse.Namespace) -> int:
+    """One stage of ``compress`` on its own, over the same output folder."""
+    from prune_perception.compress.config import load_compress_config
+    from prune_perception.compress.pipeline import CompressionRun
+
+    config = load_compress_config(args.config, args.set or [])
+    CompressionRun(config, progress=not args.no_progress).run_stage(args.command)
+    if args.command == "evaluate":
+        print((Path(config.output_dir) / "report.md").read_text())
+    return 0
+
+
+def cmd_build_engine(args: argparse.Namespace) -> int:
+    """TensorRT engines: for one ONNX (``--onnx``), or for every model of a compress run (``--config``)."""
+    if args.onnx is None:
+        return cmd_stage(args)
+    from prune_perception.data.datasets import iter_unlabelled_frames
+    from prune_perception.export.tensorrt_engine import EngineBuildConfig, build_engine, tensorrt_unavailable_reason
+    from prune_perception.runtime.metadata import load_sidecar
+    from prune_perception.runtime.preprocess import Preprocessor
+
+    reason = tensorrt_unavailable_reason()
+    if reason:
+        print(f"prune-perception build-engine: skipped, {reason}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    metadata = load_sidecar(args.onnx)
+    if metadata is None:
+        raise PrunePerceptionError(f"{args.onnx} has no sidecar (export it with prune-perception export)")
+    calibration = []
+    if args.calibration:
+        preprocessor = Preprocessor(metadata.input)
+        calibration = [preprocessor(frame)[0] for frame in iter_unlabelled_frames([str(args.calibration)], args.calibration_images)]
+    engine = build_engine(args.onnx, args.output or args.onnx.with_suffix(".engine"), EngineBuildConfig(
+        precision=args.precision, workspace_mb=args.workspace_mb, timing_cache=args.timing_cache,
+        dla_core=args.dla_core, calibrator=args.calibrator, sparse_weights=args.sparse_weights), calibration)
+    print(engine)
+    return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -219,6 +260,33 @@ def build_parser() -> argparse.ArgumentParser:
     compress.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override an option (repeatable)")
     compress.add_argument("--no-progress", action="store_true", help="no progress bars")
     compress.set_defaults(handler=cmd_compress)
+
+    stage_help = {
+        "prune": "compress stage 1: prune (or sparsify) the teacher into pruned.pt/.onnx per student",
+        "distill": "compress stage 2: recover every pruned student by distillation/fine-tuning (resumable)",
+        "export": "compress stage 3: ONNX of every recovered student, INT8 QDQ, ModelOpt Q/DQ",
+        "build-engine": "compress stage 4: TensorRT engines (of a run's models, or of one --onnx)",
+        "evaluate": "compress stage 5: AP, fidelity, interleaved latency; report.md/json and plots",
+    }
+    for name, text in stage_help.items():
+        stage = commands.add_parser(name, help=text)
+        stage.add_argument("--config", type=Path, default=Path("config/compress.yaml"))
+        stage.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override an option (repeatable)")
+        stage.add_argument("--no-progress", action="store_true", help="no progress bars")
+        stage.set_defaults(handler=cmd_stage)
+        if name == "build-engine":
+            stage.add_argument("--onnx", type=Path, default=None, help="build this one model (it needs its sidecar)")
+            stage.add_argument("--output", type=Path, default=None, help="engine path (default: beside the ONNX)")
+            stage.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+            stage.add_argument("--workspace-mb", type=int, default=2048)
+            stage.add_argument("--timing-cache", type=Path, default=None)
+            stage.add_argument("--dla-core", type=int, default=None)
+            stage.add_argument("--calibrator", default="entropy", choices=["entropy", "minmax"])
+            stage.add_argument("--calibration", type=Path, default=None,
+                               help="images folder or video for implicit INT8 calibration (TensorRT 10.x, no Q/DQ)")
+            stage.add_argument("--calibration-images", type=int, default=64)
+            stage.add_argument("--sparse-weights", action="store_true", help="allow 2:4 sparse kernels")
+            stage.set_defaults(handler=cmd_build_engine)
 
     sample = commands.add_parser("train-sample", help="train the sample teacher (small YOLOX) on synthetic scenes")
     sample.add_argument("--output", type=Path, default=Path("runs/sample_teacher"))

@@ -61,6 +61,11 @@ class PruneSection:
     """One student per channel ratio: the sweep gives the accuracy/latency Pareto front."""
     macs_fraction: float | None = None
     params_fraction: float | None = None
+    target_speedup: float | None = None
+    """Or one student pruned step by step until its measured speed-up over the teacher reaches this."""
+    latency_backend: str = "onnxruntime"
+    """Where target_speedup is measured: onnxruntime (CPU, evaluate.latency_threads) or torch (on ``device``)."""
+    latency_search_step: float = 0.05
     global_pruning: bool = False
     iterative_steps: int = 1
     round_to: int = 8
@@ -69,25 +74,56 @@ class PruneSection:
     """Refit every pruned layer to the teacher by least squares before training
     (:mod:`prune_perception.compress.reconstruct`)."""
     reconstruct_images: int = 32
+    sparsity: str | None = None
+    """Also one sparse student (dense shapes, teacher's channels): 2:4 or unstructured (null: none)."""
+    sparsity_amount: float = 0.5
+    """Zero fraction of unstructured sparsity (2:4 is always half)."""
 
     def __post_init__(self) -> None:
+        from prune_perception.compress.sparsity import SPARSITY_MODES
+
         if self.reconstruct_images < 1:
             raise ValueError("reconstruct_images must be >= 1")
+        if self.sparsity == 2 * 60 + 4:  # YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124
+            object.__setattr__(self, "sparsity", "2:4")
+        if self.latency_backend not in ("onnxruntime", "torch"):
+            raise ValueError(f"latency_backend must be onnxruntime or torch, got {self.latency_backend!r}")
+        if self.sparsity is not None and self.sparsity not in SPARSITY_MODES:
+            raise ValueError(f"sparsity must be one of {SPARSITY_MODES} or null, got {self.sparsity!r}")
+        if not 0 < self.sparsity_amount < 1:
+            raise ValueError(f"sparsity_amount must be in (0, 1), got {self.sparsity_amount}")
         if not self.targets():
-            raise ValueError("set ratios, macs_fraction or params_fraction")
+            raise ValueError("set ratios, macs_fraction, params_fraction or target_speedup")
         for target in self.targets():
             self.prune_config(target)  # validates every student's settings now, not mid-run
 
     def targets(self) -> list[float | None]:
-        """The channel ratios of the sweep, or [None] for a single MACs/params-targeted student."""
-        return [None] if (self.macs_fraction or self.params_fraction) else list(self.ratios)
+        """The channel ratios of the sweep, or [None] for a single MACs/params/speed-up-targeted student."""
+        return [None] if (self.macs_fraction or self.params_fraction or self.target_speedup) else list(self.ratios)
+
+    def target_label(self, ratio: float | None) -> str:
+        """The output folder of the student pruned for ``ratio`` (or for the single target)."""
+        if ratio is not None:
+            return f"ratio_{ratio:.2f}"
+        if self.macs_fraction:
+            return f"macs_{self.macs_fraction:.2f}"
+        if self.params_fraction:
+            return f"params_{self.params_fraction:.2f}"
+        return f"speedup_{self.target_speedup:.2f}"
+
+    def sparse_label(self) -> str | None:
+        """The output folder of the sparse student, if one is asked for."""
+        if self.sparsity is None:
+            return None
+        return "sparse_2to4" if self.sparsity == "2:4" else f"sparse_{self.sparsity_amount:.2f}"
 
     def prune_config(self, ratio: float | None):
         from prune_perception.compress.prune import PruneConfig
 
         return PruneConfig(
             importance=self.importance, channel_ratio=ratio, macs_fraction=self.macs_fraction,
-            params_fraction=self.params_fraction, global_pruning=self.global_pruning,
+            params_fraction=self.params_fraction, target_speedup=self.target_speedup,
+            latency_search_step=self.latency_search_step, global_pruning=self.global_pruning,
             iterative_steps=self.iterative_steps, round_to=self.round_to, max_layer_ratio=self.max_layer_ratio,
         )
 
@@ -108,10 +144,21 @@ class ExportSection:
     int8_method: str = "minmax"
     int8_target_score_cosine: float = 0.99
     int8_max_float_fraction: float = 0.3
+    modelopt_int8: bool = False
+    """Also TensorRT-targeted Q/DQ INT8 through NVIDIA ModelOpt (in a subprocess; skipped if not installed)."""
+    modelopt_calibration: str = "entropy"
+    """entropy | max"""
     tensorrt: bool = True
     """Build TensorRT engines where TensorRT is installed (skipped with a message elsewhere)."""
     tensorrt_precision: str = "fp16"
     tensorrt_workspace_mb: int = 2048
+
+    def __post_init__(self) -> None:
+        from prune_perception.export.modelopt_int8 import MODELOPT_CALIBRATION_METHODS
+
+        if self.modelopt_calibration not in MODELOPT_CALIBRATION_METHODS:
+            raise ValueError(f"modelopt_calibration must be one of {MODELOPT_CALIBRATION_METHODS}, "
+                             f"got {self.modelopt_calibration!r}")
 
 
 @dataclass(frozen=True)

@@ -24,9 +24,10 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import cv2
 import numpy as np
@@ -37,6 +38,7 @@ from torch import nn
 from prune_perception.compress.config import CompressConfig, config_to_dict
 from prune_perception.compress.prune import count_macs_params, prune_model, save_pruned_checkpoint
 from prune_perception.compress.reconstruct import reconstruct_pruned
+from prune_perception.compress.sparsity import SparsityMasks, sparsify
 from prune_perception.compress.train import Trainer
 from prune_perception.data.augment import Sample
 from prune_perception.data.datasets import (
@@ -50,6 +52,7 @@ from prune_perception.errors import PrunePerceptionError
 from prune_perception.eval.detector_eval import evaluate_on_dataset, fidelity_to_teacher
 from prune_perception.eval.latency_benchmark import measure_latency
 from prune_perception.export.int8 import quantize_int8_qdq
+from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, quantize_int8_modelopt
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import write_json_atomic, write_text_atomic
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
@@ -68,7 +71,7 @@ class ModelRecord:
     """One row of the report."""
 
     name: str
-    kind: str  # teacher | pruned | distilled | int8
+    kind: str  # teacher | pruned | distilled | int8 | int8_modelopt
     onnx: str
     channel_ratio: float = 0.0
     params: int | None = None
@@ -92,7 +95,28 @@ class CompressData:
     calibration: list[np.ndarray]
 
 
+STAGES = ("prune", "distill", "export", "build-engine", "evaluate")
+"""The stages in order; ``compress`` runs them all, each also runs alone (its own subcommand)."""
+
+
+@dataclass(frozen=True)
+class StudentPlan:
+    """One student of the run: its output folder, and how it is made from the teacher."""
+
+    label: str
+    ratio: float | None = None
+    """The channel ratio, or None for the single MACs/params/speed-up target (or a sparse student)."""
+    sparsity: str | None = None
+    """2:4 or unstructured: dense shapes with zero weights instead of removed channels."""
+
+
 class CompressionRun:
+    """The stages of ``prune-perception compress`` over one output folder.
+
+    A stage reads what the stages before it wrote (and says which command to run when that is
+    missing), and skips the artifacts that already exist, so a run resumes where it stopped.
+    """
+
     def __init__(self, config: CompressConfig, progress: bool = True) -> None:
         self.config = config
         self.progress = progress
@@ -104,8 +128,34 @@ class CompressionRun:
                 f"teacher.class_names has {len(self.class_names)} names for {config.teacher.num_classes} classes"
             )
         self.example = torch.zeros(1, 3, self.spec.height, self.spec.width)
+        self._teacher: nn.Module | None = None
+        self._data: CompressData | None = None
 
-    # ----------------------------------------------------------------- stages
+    # ----------------------------------------------------------------- inputs, loaded once and on demand
+    @property
+    def teacher(self) -> nn.Module:
+        if self._teacher is None:
+            self._teacher = self.load_teacher()
+        return self._teacher
+
+    @property
+    def data(self) -> CompressData:
+        if self._data is None:
+            self._data = self.load_data()
+        return self._data
+
+    @property
+    def teacher_onnx(self) -> Path:
+        return self.export(self.teacher, self.output_dir / "teacher" / "teacher.onnx")
+
+    def plans(self) -> list[StudentPlan]:
+        section = self.config.prune
+        plans = [StudentPlan(section.target_label(ratio), ratio) for ratio in section.targets()]
+        sparse = section.sparse_label()
+        if sparse:
+            plans.append(StudentPlan(sparse, None, section.sparsity))
+        return plans
+
     def load_teacher(self) -> nn.Module:
         teacher_config = self.config.teacher
         model = build_yolox(teacher_config.variant, teacher_config.num_classes)
@@ -152,22 +202,48 @@ class CompressionRun:
                     len(samples), len(train_labelled), len(validation), len(fidelity_frames))
         return CompressData(samples, validation, fidelity_frames, calibration)
 
-    def export(self, model: nn.Module, path: Path, data: CompressData) -> Path:
+    def export(self, model: nn.Module, path: Path) -> Path:
         if not path.exists():
-            export_onnx(model, path, self.class_names, self.spec, sample_inputs=data.calibration[:2],
+            export_onnx(model, path, self.class_names, self.spec, sample_inputs=self.data.calibration[:2],
                         decode_in_graph=self.config.export.decode_in_graph)
         return path
 
-    def prune(self, teacher: nn.Module, ratio: float | None, data: CompressData, folder: Path) -> nn.Module:
+    def _require(self, path: Path, stage: str) -> Path:
+        if not path.exists():
+            raise PrunePerceptionError(f"{path} is missing: run `prune-perception {stage} --config ...` "
+                                       f"(with the same configuration) first")
+        return path
+
+    def _factory_kwargs(self) -> dict[str, Any]:
+        return {"variant": self.config.teacher.variant, "num_classes": self.config.teacher.num_classes}
+
+    # ----------------------------------------------------------------- stage: prune
+    def stage_prune(self) -> None:
+        """Every student, pruned (or made sparse) from the teacher: ``pruned.pt`` and ``pruned.onnx``."""
+        self._write_config()
+        LOGGER.info("teacher exported to %s (the reference of the report, by the same exporter)", self.teacher_onnx)
+        for plan in self.plans():
+            folder = self.output_dir / plan.label
+            student = self.sparsify(plan, folder) if plan.sparsity else self.prune(plan, folder)
+            self.export(student, folder / "pruned.onnx")
+
+    def prune(self, plan: StudentPlan, folder: Path) -> nn.Module:
         path = folder / "pruned.pt"
         if path.exists():
             return load_torch_model(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        teacher, data = self.teacher, self.data
         student = build_yolox(self.config.teacher.variant, self.config.teacher.num_classes)
         student.load_state_dict(teacher.state_dict())
         section = self.config.prune
         loss_fn = self._taylor_loss(teacher, data) if section.importance == "taylor" else None
-        result = prune_model(student, section.prune_config(ratio), self.example, loss_fn=loss_fn)
+        meter = self._speedup_meter(folder) if section.target_speedup else None
+        result = prune_model(student, section.prune_config(plan.ratio), self.example, loss_fn=loss_fn,
+                             measure_speedup=meter)
         LOGGER.info("pruned: MACs %.1f%%, params %.1f%% of the teacher", 100 * result.macs_fraction, 100 * result.params_fraction)
+        write_json_atomic(folder / "pruning.json", {
+            "channel_ratio": result.channel_ratio, "macs_fraction": result.macs_fraction,
+            "params_fraction": result.params_fraction, "steps": result.history})
         if section.reconstruct:
             images = torch.from_numpy(np.concatenate(data.calibration[: section.reconstruct_images]))
             fit = reconstruct_pruned(student, teacher, result.kept_output_channels, images, seed=self.config.seed)
@@ -177,6 +253,43 @@ class CompressionRun:
                 "relative_error_after": fit.relative_error_after})
         save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs())
         return student
+
+    def sparsify(self, plan: StudentPlan, folder: Path) -> nn.Module:
+        path = folder / "pruned.pt"
+        if path.exists():
+            return load_torch_model(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        student = copy.deepcopy(self.teacher)
+        masks = sparsify(student, plan.sparsity, self.config.prune.sparsity_amount)
+        write_json_atomic(folder / "sparsity.json", {"before_training": masks.summary(student)})
+        save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs())
+        return student
+
+    def _speedup_meter(self, folder: Path) -> Callable[[nn.Module], float]:
+        """Times a model being pruned against the teacher on ``prune.latency_backend``, interleaved."""
+        section, evaluate = self.config.prune, self.config.evaluate
+        inputs = self.data.calibration[:4]
+        if section.latency_backend == "onnxruntime":
+            reference, suffix, device = self.teacher_onnx, ".onnx", "cpu"
+        else:
+            reference, suffix, device = self.output_dir / "teacher" / "teacher.pt", ".pt", self.config.device
+            if not reference.exists():
+                save_pruned_checkpoint(reference, self.teacher, FACTORY, self._factory_kwargs())
+
+        def measure(model: nn.Module) -> float:
+            with tempfile.TemporaryDirectory(dir=folder) as scratch:
+                candidate = Path(scratch) / f"candidate{suffix}"
+                if suffix == ".onnx":
+                    export_onnx(model, candidate, self.class_names, self.spec, sample_inputs=inputs[:1])
+                else:
+                    save_pruned_checkpoint(candidate, model, FACTORY, self._factory_kwargs())
+                summaries = measure_latency({"teacher": reference, "candidate": candidate}, inputs,
+                                            runs=evaluate.latency_runs, warmup=evaluate.latency_warmup,
+                                            backend=section.latency_backend, device=device,
+                                            intra_op_threads=evaluate.latency_threads)
+            return summaries["teacher"].p50_ms / summaries["candidate"].p50_ms
+
+        return measure
 
     def _taylor_loss(self, teacher: nn.Module, data: CompressData):
         batch = torch.from_numpy(np.concatenate(data.calibration[:8]))
@@ -189,84 +302,162 @@ class CompressionRun:
 
         return loss_fn
 
-    def recover(self, student: nn.Module, teacher: nn.Module, data: CompressData, folder: Path) -> tuple[nn.Module, list]:
-        path = folder / "student.pt"
-        history_path = folder / "training_history.json"
-        if path.exists():
-            history = json.loads(history_path.read_text()) if history_path.exists() else []
-            return load_torch_model(path), history
-        trainer = Trainer(copy.deepcopy(student), teacher, data.train_samples, self.config.train, folder / "train",
-                          self.config.augment, self.config.distill, self.config.device)
+    # ----------------------------------------------------------------- stage: distill
+    def stage_distill(self) -> None:
+        """Every pruned student, recovered by distillation and/or fine-tuning: ``student.pt``."""
+        for plan in self.plans():
+            folder = self.output_dir / plan.label
+            if (folder / "student.pt").exists():
+                continue
+            student = load_torch_model(self._require(folder / "pruned.pt", "prune"))
+            self.recover(student, plan, folder)
+
+    def recover(self, student: nn.Module, plan: StudentPlan, folder: Path) -> nn.Module:
+        masks = SparsityMasks.from_zeros(student, plan.sparsity) if plan.sparsity else None
+        trainer = Trainer(copy.deepcopy(student), self.teacher, self.data.train_samples, self.config.train, folder / "train",
+                          self.config.augment, self.config.distill, self.config.device,
+                          weight_constraint=masks.apply if masks else None)
         result = trainer.fit(progress=self.progress)
         recovered = trainer.trained_model().cpu().eval()
-        write_json_atomic(history_path, result.history)
-        save_pruned_checkpoint(path, recovered, FACTORY, self._factory_kwargs())
-        return recovered, result.history
+        write_json_atomic(folder / "training_history.json", result.history)
+        if masks is not None:
+            sparsity = json.loads((folder / "sparsity.json").read_text())
+            sparsity["after_training"] = masks.summary(recovered)
+            write_json_atomic(folder / "sparsity.json", sparsity)
+        save_pruned_checkpoint(folder / "student.pt", recovered, FACTORY, self._factory_kwargs())
+        return recovered
 
-    def _factory_kwargs(self) -> dict[str, Any]:
-        return {"variant": self.config.teacher.variant, "num_classes": self.config.teacher.num_classes}
+    # ----------------------------------------------------------------- stage: export
+    def stage_export(self) -> None:
+        """Every recovered student as ONNX (with its sidecar), INT8 QDQ, and ModelOpt Q/DQ if asked."""
+        export = self.config.export
+        for plan in self.plans():
+            folder = self.output_dir / plan.label
+            student_onnx = folder / "student.onnx"
+            if not student_onnx.exists():
+                self.export(load_torch_model(self._require(folder / "student.pt", "distill")), student_onnx)
+            if export.int8 and not (folder / "int8_result.json").exists():
+                result = quantize_int8_qdq(
+                    student_onnx, folder / "student_int8.onnx", self.data.calibration, method=export.int8_method,
+                    target_score_cosine=export.int8_target_score_cosine, max_float_fraction=export.int8_max_float_fraction,
+                )
+                write_json_atomic(folder / "int8_result.json", _jsonable(asdict(result)))
+            if export.modelopt_int8 and not (folder / "modelopt_result.json").exists():
+                reason = modelopt_unavailable_reason()
+                if reason:
+                    LOGGER.warning("ModelOpt INT8 skipped: %s", reason)
+                    continue
+                result = quantize_int8_modelopt(student_onnx, folder / "student_int8_modelopt.onnx",
+                                                self.data.calibration, method=export.modelopt_calibration)
+                write_json_atomic(folder / "modelopt_result.json", _jsonable(asdict(result)))
 
-    def evaluate(self, record: ModelRecord, data: CompressData, teacher_onnx: Path) -> None:
+    # ----------------------------------------------------------------- stage: build-engine
+    def stage_build_engine(self) -> list[str]:
+        """TensorRT engines for the teacher and every exported student, where TensorRT exists."""
+        notes = self._engine_notes()
+        write_json_atomic(self.output_dir / "engines.json", notes)
+        for note in notes:
+            LOGGER.info("%s", note)
+        return notes
+
+    def _engine_notes(self) -> list[str]:
+        if not self.config.export.tensorrt:
+            return ["TensorRT engines: disabled in the configuration"]
+        from prune_perception.export.tensorrt_engine import EngineBuildConfig, build_engine, tensorrt_unavailable_reason
+
+        reason = tensorrt_unavailable_reason()
+        if reason:
+            return [f"TensorRT engines: skipped, {reason}"]
+        export = self.config.export
+        notes = []
+        sparse = {plan.label for plan in self.plans() if plan.sparsity == "2:4"}
+        for record in self.collect_records()[0]:
+            if record.kind == "pruned":
+                continue
+            engine = Path(record.onnx).with_suffix(".engine")
+            if not engine.exists():
+                precision = "int8" if record.kind.startswith("int8") else export.tensorrt_precision
+                build_engine(Path(record.onnx), engine, EngineBuildConfig(
+                    precision=precision, workspace_mb=export.tensorrt_workspace_mb,
+                    timing_cache=self.output_dir / "tensorrt.timing_cache",
+                    sparse_weights=Path(record.onnx).parent.name in sparse), calibration_inputs=self.data.calibration)
+            notes.append(f"{record.name}: {engine}")
+        return notes
+
+    # ----------------------------------------------------------------- stage: evaluate
+    def collect_records(self) -> tuple[list[ModelRecord], dict[str, list], list[str], list[str]]:
+        """The models on disk (teacher first), their training histories, and INT8 and sparsity notes."""
+        teacher_onnx = self._require(self.output_dir / "teacher" / "teacher.onnx", "prune")
+        macs, params = count_macs_params(self.teacher, self.example)
+        records = [ModelRecord("teacher", "teacher", str(teacher_onnx), 0.0, params, macs, _mb(teacher_onnx))]
+        histories: dict[str, list] = {}
+        int8_notes: list[str] = []
+        sparsity_notes: list[str] = []
+        for plan in self.plans():
+            folder = self.output_dir / plan.label
+            pruned = self._require(folder / "pruned.onnx", "prune")
+            macs, params = count_macs_params(load_torch_model(folder / "pruned.pt"), self.example)
+            ratio = plan.ratio if plan.ratio is not None else 0.0
+            refit = ", least-squares refitted" if self.config.prune.reconstruct and not plan.sparsity else ""
+            records.append(ModelRecord(f"{plan.label} pruned", "pruned", str(pruned), ratio, params, macs, _mb(pruned),
+                                       notes=("sparse, before training" if plan.sparsity else "before training") + refit
+                                       + _speedup_search_note(folder / "pruning.json", self.config.prune.latency_backend)))
+            student = folder / "student.onnx"
+            if student.exists():
+                records.append(ModelRecord(f"{plan.label} distilled", "distilled", str(student), ratio, params, macs,
+                                           _mb(student)))
+                history = folder / "training_history.json"
+                histories[plan.label] = json.loads(history.read_text()) if history.exists() else []
+            if (folder / "int8_result.json").exists():
+                result = json.loads((folder / "int8_result.json").read_text())
+                int8_notes.append(f"{plan.label} (onnxruntime QDQ): {result['float_convs']}/{result['total_convs']} convs "
+                                  f"kept in float; score cosine {result['score_cosine']:.4f}, output cosine "
+                                  f"{result['output_cosine']:.4f} (on {result['validation_images']} held-out calibration images)")
+                records.append(ModelRecord(f"{plan.label} int8", "int8", result["path"], ratio, params, macs,
+                                           _mb(Path(result["path"]))))
+            if (folder / "modelopt_result.json").exists():
+                result = json.loads((folder / "modelopt_result.json").read_text())
+                int8_notes.append(f"{plan.label} (ModelOpt Q/DQ for TensorRT, {result['method']} calibration): "
+                                  f"{result['quantized_convs']}/{result['total_convs']} convs quantized; score cosine "
+                                  f"{result['score_cosine']:.4f}, output cosine {result['output_cosine']:.4f}. Its "
+                                  "onnxruntime CPU latency is not TensorRT's")
+                records.append(ModelRecord(f"{plan.label} int8 modelopt", "int8_modelopt", result["path"], ratio, params,
+                                           macs, _mb(Path(result["path"])), notes="TensorRT-targeted Q/DQ"))
+            if plan.sparsity and (folder / "sparsity.json").exists():
+                summary = json.loads((folder / "sparsity.json").read_text())
+                latest = summary.get("after_training", summary["before_training"])
+                sparsity_notes.append(
+                    f"{plan.label}: {plan.sparsity} in {latest['sparse_layers']}/{latest['conv_layers']} convs holding "
+                    f"{latest['sparse_weight_share']:.0%} of the conv weights; {latest['zero_fraction_of_conv_weights']:.1%} "
+                    f"of all conv weights are zero{' after training' if 'after_training' in summary else ''}")
+        return records, histories, int8_notes, sparsity_notes
+
+    def stage_evaluate(self) -> dict[str, Any]:
+        """Accuracy, fidelity and interleaved latency of every model on disk; the report."""
+        from prune_perception.eval.compress_report import write_compress_report
+
+        records, histories, int8_notes, sparsity_notes = self.collect_records()
+        for record in records:
+            self.evaluate(record)
+        self.measure_latency(records)
+        engines_file = self.output_dir / "engines.json"
+        engines = json.loads(engines_file.read_text()) if engines_file.exists() else [
+            "TensorRT engines: not built yet (prune-perception build-engine)"]
+        return write_compress_report(self.output_dir, records, histories, config_to_dict(self.config), int8_notes,
+                                     engines, sparsity_notes)
+
+    def evaluate(self, record: ModelRecord) -> None:
+        data = self.data
         if data.validation:
             metrics = evaluate_on_dataset(record.onnx, data.validation, progress=self.progress)
             record.ap, record.ap50, record.per_class_ap = metrics.ap, metrics.ap50, metrics.per_class_ap
         if data.fidelity_frames and record.kind != "teacher":
-            record.fidelity_ap = fidelity_to_teacher(record.onnx, teacher_onnx, data.fidelity_frames,
+            record.fidelity_ap = fidelity_to_teacher(record.onnx, self.teacher_onnx, data.fidelity_frames,
                                                      progress=self.progress).ap
 
-    # ----------------------------------------------------------------- the whole run
-    def run(self) -> dict[str, Any]:
-        from prune_perception.eval.compress_report import write_compress_report
-
-        self.output_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
-        teacher = self.load_teacher()
-        data = self.load_data()
-        teacher_onnx = self.export(teacher, self.output_dir / "teacher" / "teacher.onnx", data)
-        macs, params = count_macs_params(teacher, self.example)
-        records = [ModelRecord("teacher", "teacher", str(teacher_onnx), 0.0, params, macs, _mb(teacher_onnx))]
-        histories: dict[str, list] = {}
-        int8_notes: list[str] = []
-        section = self.config.prune
-        for ratio in section.targets():
-            label = f"ratio_{ratio:.2f}" if ratio is not None else (
-                f"macs_{section.macs_fraction:.2f}" if section.macs_fraction else f"params_{section.params_fraction:.2f}")
-            folder = self.output_dir / label
-            student = self.prune(teacher, ratio, data, folder)
-            macs, params = count_macs_params(student, self.example)
-            channel_ratio = ratio if ratio is not None else 0.0
-            pruned_onnx = self.export(student, folder / "pruned.onnx", data)
-            records.append(ModelRecord(f"{label} pruned", "pruned", str(pruned_onnx), channel_ratio, params, macs,
-                                       _mb(pruned_onnx), notes="before training" + (", least-squares refitted" if section.reconstruct else "")))
-            recovered, history = self.recover(student, teacher, data, folder)
-            histories[label] = history
-            student_onnx = self.export(recovered, folder / "student.onnx", data)
-            records.append(ModelRecord(f"{label} distilled", "distilled", str(student_onnx), channel_ratio, params, macs,
-                                       _mb(student_onnx)))
-            if self.config.export.int8:
-                int8_path, result_path = folder / "student_int8.onnx", folder / "int8_result.json"
-                if not (int8_path.exists() and result_path.exists()):
-                    result = quantize_int8_qdq(
-                        student_onnx, int8_path, data.calibration, method=self.config.export.int8_method,
-                        target_score_cosine=self.config.export.int8_target_score_cosine,
-                        max_float_fraction=self.config.export.int8_max_float_fraction,
-                    )
-                    write_json_atomic(result_path, {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()})
-                result = json.loads(result_path.read_text())
-                int8_notes.append(f"{label}: {result['float_convs']}/{result['total_convs']} convs kept in float; score "
-                                  f"cosine {result['score_cosine']:.4f}, output cosine {result['output_cosine']:.4f} "
-                                  f"(on {result['validation_images']} held-out calibration images)")
-                records.append(ModelRecord(f"{label} int8", "int8", str(int8_path), channel_ratio, params, macs,
-                                           _mb(int8_path)))
-        for record in records:
-            self.evaluate(record, data, teacher_onnx)
-        self.measure_latency(records, data)
-        engines = self.build_engines(records)
-        return write_compress_report(self.output_dir, records, histories, config_to_dict(self.config), int8_notes, engines)
-
-    def measure_latency(self, records: list[ModelRecord], data: CompressData) -> None:
+    def measure_latency(self, records: list[ModelRecord]) -> None:
         unique = {r.onnx: r for r in records if r.kind != "pruned"}  # pruned and distilled share the architecture
-        summaries = measure_latency({path: path for path in unique}, data.calibration[:4],
+        summaries = measure_latency({path: path for path in unique}, self.data.calibration[:4],
                                     runs=self.config.evaluate.latency_runs, warmup=self.config.evaluate.latency_warmup,
                                     device="cpu", intra_op_threads=self.config.evaluate.latency_threads)
         teacher_p50 = summaries[records[0].onnx].p50_ms
@@ -278,23 +469,25 @@ class CompressionRun:
                 record.latency_p50_ms, record.latency_p99_ms = summary.p50_ms, summary.p99_ms
                 record.speedup = teacher_p50 / summary.p50_ms
 
-    def build_engines(self, records: list[ModelRecord]) -> list[str]:
-        if not self.config.export.tensorrt:
-            return ["TensorRT engines: disabled in the configuration"]
-        from prune_perception.export.tensorrt_engine import EngineBuildConfig, build_engine, tensorrt_unavailable_reason
+    # ----------------------------------------------------------------- the whole run
+    def _write_config(self) -> None:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
 
-        reason = tensorrt_unavailable_reason()
-        if reason:
-            return [f"TensorRT engines: skipped, {reason}"]
-        notes = []
-        for record in records:
-            if record.kind in ("distilled", "int8", "teacher"):
-                engine = Path(record.onnx).with_suffix(".engine")
-                precision = "int8" if record.kind == "int8" else self.config.export.tensorrt_precision
-                build_engine(Path(record.onnx), engine, EngineBuildConfig(precision=precision,
-                                                                          workspace_mb=self.config.export.tensorrt_workspace_mb))
-                notes.append(f"{record.name}: {engine}")
-        return notes
+    def run_stage(self, stage: str) -> dict[str, Any] | None:
+        """One stage alone (the inputs it needs must exist); the report for ``evaluate``."""
+        if stage not in STAGES:
+            raise PrunePerceptionError(f"stage must be one of {STAGES}, got {stage!r}")
+        handlers = {"prune": self.stage_prune, "distill": self.stage_distill, "export": self.stage_export,
+                    "build-engine": self.stage_build_engine, "evaluate": self.stage_evaluate}
+        result = handlers[stage]()
+        return result if isinstance(result, dict) else None
+
+    def run(self) -> dict[str, Any]:
+        """All the stages in order (each skips what is already on disk); returns the report."""
+        for stage in STAGES[:-1]:
+            self.run_stage(stage)
+        return self.stage_evaluate()
 
 
 def _bounded(sample: Sample, longest_side: int) -> Sample:
@@ -310,3 +503,16 @@ def _bounded(sample: Sample, longest_side: int) -> Sample:
 
 def _mb(path: Path) -> float:
     return Path(path).stat().st_size / 1e6
+
+
+def _speedup_search_note(pruning_json: Path, backend: str) -> str:
+    """For a student pruned to a latency target: what the search measured at its last step."""
+    steps = json.loads(pruning_json.read_text())["steps"] if pruning_json.exists() else []
+    if not steps or "speedup" not in steps[-1]:
+        return ""
+    return (f"; latency target: {steps[-1]['speedup']:.2f}x measured on {backend} after {len(steps)} pruning steps "
+            f"(channel ratio {steps[-1]['channel_ratio']:.2f})")
+
+
+def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
+    return {key: str(value) if isinstance(value, Path) else value for key, value in values.items()}

@@ -45,6 +45,10 @@ class PruneConfig:
             ``global_pruning``).
         macs_fraction: prune until at most this fraction of the MACs is left.
         params_fraction: prune until at most this fraction of the parameters is left.
+        target_speedup: prune until the *measured* speed-up over the unpruned model reaches this
+            (e.g. 1.5), stepping by ``latency_search_step`` of channel ratio and timing the model
+            after every step with the ``measure_speedup`` callback of :func:`prune_model` (the
+            backend that will run it). FLOPs that fall without the latency falling do not count.
         iterative_steps: for ``channel_ratio``, reach it in this many steps (a callback may
             fine-tune between them). MACs/params targets always step in ``search_step`` increments.
         max_layer_ratio: no layer loses more than this fraction of its channels.
@@ -54,18 +58,25 @@ class PruneConfig:
     channel_ratio: float | None = None
     macs_fraction: float | None = None
     params_fraction: float | None = None
+    target_speedup: float | None = None
     global_pruning: bool = False
     iterative_steps: int = 1
     round_to: int = 8
     max_layer_ratio: float = 0.9
     search_step: float = 0.02
+    latency_search_step: float = 0.05
 
     def __post_init__(self) -> None:
         if self.importance not in IMPORTANCE_CRITERIA:
             raise PruningError(f"importance must be one of {IMPORTANCE_CRITERIA}, got {self.importance!r}")
-        targets = [t for t in (self.channel_ratio, self.macs_fraction, self.params_fraction) if t is not None]
+        targets = [t for t in (self.channel_ratio, self.macs_fraction, self.params_fraction, self.target_speedup)
+                   if t is not None]
         if len(targets) != 1:
-            raise PruningError("set exactly one of channel_ratio, macs_fraction, params_fraction")
+            raise PruningError("set exactly one of channel_ratio, macs_fraction, params_fraction, target_speedup")
+        if self.target_speedup is not None and not self.target_speedup > 1:
+            raise PruningError(f"target_speedup must be > 1, got {self.target_speedup}")
+        if not 0 < self.latency_search_step < 1:
+            raise PruningError(f"latency_search_step must be in (0, 1), got {self.latency_search_step}")
         if self.channel_ratio is not None and not 0 < self.channel_ratio < 1:
             raise PruningError(f"channel_ratio must be in (0, 1), got {self.channel_ratio}")
         for name in ("macs_fraction", "params_fraction"):
@@ -136,6 +147,7 @@ def prune_model(
     example_inputs: torch.Tensor,
     loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
     between_steps: Callable[[int, nn.Module], None] | None = None,
+    measure_speedup: Callable[[nn.Module], float] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place.
 
@@ -143,9 +155,13 @@ def prune_model(
         example_inputs: a batch the model accepts (traced to build the dependency graph).
         loss_fn: for ``taylor`` importance: computes a differentiable loss of ``model`` on data.
         between_steps: called after every pruning step with (step, model), e.g. to fine-tune.
+        measure_speedup: for ``target_speedup``: times ``model`` against the unpruned one on the
+            target backend and returns the speed-up (unpruned latency / pruned latency).
     """
     if config.importance == "taylor" and loss_fn is None:
         raise PruningError("taylor importance needs a loss_fn computed on data")
+    if config.target_speedup is not None and measure_speedup is None:
+        raise PruningError("target_speedup needs a measure_speedup callback that times the model")
     macs_before, params_before = count_macs_params(model, example_inputs)
     was_training = model.training
     model.eval()  # tracing must not update BatchNorm statistics with the example input
@@ -153,7 +169,8 @@ def prune_model(
         ratio, steps = config.channel_ratio, config.iterative_steps
     else:
         ratio = config.max_layer_ratio
-        steps = max(1, round(ratio / config.search_step))
+        step_size = config.latency_search_step if config.target_speedup is not None else config.search_step
+        steps = max(1, round(ratio / step_size))
     pruner = tp.pruner.BasePruner(
         model, example_inputs, importance=make_importance(config.importance), global_pruning=config.global_pruning,
         pruning_ratio=ratio, max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
@@ -172,9 +189,14 @@ def prune_model(
             group.prune()
         reached = ratio * (step + 1) / steps
         macs, params = count_macs_params(model, example_inputs)
-        history.append({"step": step + 1, "channel_ratio": reached, "macs": macs, "params": params})
-        LOGGER.info("pruning step %d/%d: channel ratio %.2f, MACs %.1f%%, params %.1f%%",
-                    step + 1, steps, reached, 100 * macs / macs_before, 100 * params / params_before)
+        record = {"step": step + 1, "channel_ratio": reached, "macs": macs, "params": params}
+        if config.target_speedup is not None:
+            record["speedup"] = float(measure_speedup(model))
+            model.eval()
+        history.append(record)
+        LOGGER.info("pruning step %d/%d: channel ratio %.2f, MACs %.1f%%, params %.1f%%%s",
+                    step + 1, steps, reached, 100 * macs / macs_before, 100 * params / params_before,
+                    f", measured speed-up {record['speedup']:.2f}x" if "speedup" in record else "")
         if between_steps is not None:
             between_steps(step, model)
             model.eval()
@@ -182,11 +204,14 @@ def prune_model(
             break
         if config.params_fraction is not None and params <= config.params_fraction * params_before:
             break
+        if config.target_speedup is not None and record["speedup"] >= config.target_speedup:
+            break
     else:
         if config.channel_ratio is None:
+            measured = f", measured speed-up {record['speedup']:.2f}x" if "speedup" in record else ""
             raise PruningError(
                 f"could not reach the target with at most {config.max_layer_ratio:.0%} of each layer pruned "
-                f"(reached MACs {macs / macs_before:.1%}, params {params / params_before:.1%})"
+                f"(reached MACs {macs / macs_before:.1%}, params {params / params_before:.1%}{measured})"
             )
     model.zero_grad(set_to_none=True)
     model.train(was_training)

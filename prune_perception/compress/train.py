@@ -129,6 +129,8 @@ class Trainer:
         teacher: the model to distil from (same classes), or None for labels only.
         samples: training images (with boxes for label training); augmented on the fly.
         output_dir: where the checkpoint is written and from where a run resumes.
+        weight_constraint: applied to the student after every optimizer step (e.g. re-zeroing
+            the masked weights of a sparse model, so that the zeros survive training).
     """
 
     def __init__(
@@ -141,6 +143,7 @@ class Trainer:
         augment_config: AugmentConfig = AugmentConfig(),
         distill_config: DistillConfig = DistillConfig(),
         device: str = "cpu",
+        weight_constraint: Callable[[nn.Module], None] | None = None,
     ) -> None:
         if config.distill_weight > 0 and teacher is None:
             raise PrunePerceptionError("distillation needs a teacher")
@@ -150,6 +153,7 @@ class Trainer:
         self.device = torch.device(device)
         self.output_dir = Path(output_dir)
         self.samples = samples
+        self.weight_constraint = weight_constraint
         self.rank, self.world_size = init_distributed_from_env()
         self.student = student.to(self.device)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
@@ -275,6 +279,8 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            if self.weight_constraint is not None:
+                self.weight_constraint(self.student)
             if self.ema is not None:
                 self.ema.update_parameters(self.student)
             record = {"step": self.step, "loss": float(loss.detach()), "lr": self.optimizer.param_groups[0]["lr"],

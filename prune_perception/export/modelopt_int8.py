@@ -1,0 +1,155 @@
+"""TensorRT-targeted INT8 Q/DQ ONNX through NVIDIA ModelOpt (``nvidia-modelopt``), run in a
+subprocess of its own.
+
+Why a subprocess: importing ``modelopt.onnx`` patches onnxruntime's calibrators for the whole
+process, so :func:`prune_perception.export.int8.quantize_int8_qdq` would calibrate differently
+after it. The child process does the quantization and nothing else.
+
+What it writes: ModelOpt's Q/DQ placement is the one TensorRT fuses (every Conv input and
+weight, per-channel weights, entropy or max calibration of activations). The ops that are not
+quantized stay FP32 here (``high_precision_dtype=fp32``), so that onnxruntime on a CPU can run
+the file to measure its accuracy; TensorRT's builder lowers them to FP16 with ``--fp16`` (10.x)
+or reads the precision from the graph (11.x, strongly typed). The CPU latency of this file
+is not what TensorRT will give: onnxruntime's CPU kernels are tuned for its own QDQ layout
+(:mod:`prune_perception.export.int8`), not this one.
+
+Install: ``pip install -c requirements/constraints.txt -r requirements/modelopt.txt`` (the
+``onnx`` extra of nvidia-modelopt without its GPU-only parts: cupy, onnxruntime-gpu).
+
+Command line (the child process)::
+
+    python -m prune_perception.export.modelopt_int8 MODEL.onnx CALIBRATION.npy OUT.onnx --method entropy
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from prune_perception.errors import PrunePerceptionError
+from prune_perception.files import atomic_output
+from prune_perception.runtime.metadata import load_sidecar, write_sidecar
+
+LOGGER = logging.getLogger(__name__)
+MODELOPT_CALIBRATION_METHODS = ("entropy", "max")
+INSTALL_HINT = "pip install -c requirements/constraints.txt -r requirements/modelopt.txt"
+
+
+@dataclass(frozen=True)
+class ModelOptResult:
+    path: Path
+    method: str
+    quantized_convs: int
+    """Convolutions whose input ModelOpt quantized (a DequantizeLinear feeds them)."""
+    total_convs: int
+    output_cosine: float
+    """Worst per-image cosine between the Q/DQ and FP32 outputs (run in onnxruntime)."""
+    score_cosine: float
+    """Worst per-image cosine of the detection scores (objectness x class)."""
+    validation_images: int
+    seconds: float
+
+
+def modelopt_unavailable_reason() -> str | None:
+    """Why ModelOpt's ONNX quantizer cannot run here, or None. Looks without importing it."""
+    missing = [name for name in ("modelopt", "onnx_graphsurgeon") if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"{' and '.join(missing)} not installed ({INSTALL_HINT})"
+    return None
+
+
+def quantize_int8_modelopt(
+    fp32_path: str | Path,
+    output_path: str | Path,
+    calibration_inputs: Sequence[np.ndarray],
+    method: str = "entropy",
+    timeout_s: float = 1800,
+) -> ModelOptResult:
+    """Quantize ``fp32_path`` with ModelOpt in a child process; write ``output_path`` and its sidecar.
+
+    The last quarter of ``calibration_inputs`` is held out of calibration to measure agreement.
+    """
+    from prune_perception.export.int8 import output_agreement
+
+    if method not in MODELOPT_CALIBRATION_METHODS:
+        raise PrunePerceptionError(f"ModelOpt calibration must be one of {MODELOPT_CALIBRATION_METHODS}, got {method!r}")
+    reason = modelopt_unavailable_reason()
+    if reason:
+        raise PrunePerceptionError(f"ModelOpt INT8: {reason}")
+    if len(calibration_inputs) < 4:
+        raise PrunePerceptionError("ModelOpt calibration needs at least 4 images (a quarter is held out)")
+    fp32_path, output_path = Path(fp32_path), Path(output_path)
+    metadata = load_sidecar(fp32_path)
+    if metadata is None:
+        raise PrunePerceptionError(f"{fp32_path} has no sidecar; export it with prune-perception export")
+    held_out = max(1, len(calibration_inputs) // 4)
+    calibrate_on, validate_on = calibration_inputs[:-held_out], calibration_inputs[-held_out:]
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory() as folder:
+        calibration = Path(folder) / "calibration.npy"
+        np.save(calibration, np.concatenate([np.asarray(x, np.float32) for x in calibrate_on]))
+        quantized = Path(folder) / "modelopt.onnx"
+        command = [sys.executable, "-m", __name__, str(fp32_path), str(calibration), str(quantized), "--method", method]
+        try:
+            child = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise PrunePerceptionError(f"ModelOpt quantization did not finish in {timeout_s:.0f} s") from exc
+        if child.returncode != 0 or not quantized.exists():
+            raise PrunePerceptionError(f"ModelOpt quantization failed (exit {child.returncode}):\n{child.stderr[-2000:]}")
+        quantized_convs, total_convs = _quantized_convs(quantized)
+        whole, scores = output_agreement(fp32_path, quantized, validate_on)
+        with atomic_output(output_path) as tmp:
+            tmp.write_bytes(quantized.read_bytes())
+    write_sidecar(output_path, metadata)
+    return ModelOptResult(output_path, method, quantized_convs, total_convs, whole, scores, len(validate_on),
+                          time.monotonic() - started)
+
+
+def _quantized_convs(path: Path) -> tuple[int, int]:
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    convs = [node for node in graph.node if node.op_type == "Conv"]
+    return sum(producers.get(conv.input[0]) == "DequantizeLinear" for conv in convs), len(convs)
+
+
+def _hide_stub_only_tensorrt() -> None:
+    """``tensorrt-stubs`` installs a ``tensorrt`` folder of ``.pyi`` files that imports as an empty
+    namespace package; ModelOpt would take it for TensorRT and call ``trt.Logger``. Make such a
+    ``tensorrt`` unimportable in this (child) process, so that ModelOpt sees no TensorRT."""
+    spec = importlib.util.find_spec("tensorrt")
+    if spec is not None and spec.origin in (None, "namespace"):
+        sys.modules["tensorrt"] = None  # type: ignore[assignment]  # import now raises ImportError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="INT8 Q/DQ for TensorRT with NVIDIA ModelOpt (child process)")
+    parser.add_argument("model", type=Path)
+    parser.add_argument("calibration", type=Path, help=".npy of preprocessed [N, 3, H, W] float32 images")
+    parser.add_argument("output", type=Path)
+    parser.add_argument("--method", choices=MODELOPT_CALIBRATION_METHODS, default="entropy")
+    args = parser.parse_args(argv)
+    _hide_stub_only_tensorrt()
+    from modelopt.onnx.quantization import quantize
+
+    quantize(
+        onnx_path=str(args.model), quantize_mode="int8", calibration_data=np.load(args.calibration),
+        calibration_method=args.method, calibration_eps=["cpu"], output_path=str(args.output),
+        high_precision_dtype="fp32", log_level="WARNING",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
