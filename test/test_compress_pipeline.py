@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from prune_perception.compress.config import ConfigError, load_compress_config
+from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason
+from prune_perception.export.tensorrt_engine import tensorrt_unavailable_reason
 from prune_perception.runtime.detector import Detector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,16 +27,17 @@ def tiny_overrides(output_dir, yolox_nano_path, coco128_dir, dashcam_path):
     ]
 
 
-def run_compress(overrides):
-    command = [sys.executable, "-m", "prune_perception.cli.main", "compress", "--config", str(ROOT / "config" / "compress.yaml"),
-               "--no-progress"] + [item for override in overrides for item in ("--set", override)]
+def run_compress(overrides, command_name="compress"):
+    command = [sys.executable, "-m", "prune_perception.cli.main", command_name, "--config",
+               str(ROOT / "config" / "compress.yaml"), "--no-progress"]
+    command += [item for override in overrides for item in ("--set", override)]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory, yolox_nano_path, coco128_dir, dashcam_path):
     output = tmp_path_factory.mktemp("compress")
-    overrides = tiny_overrides(output, yolox_nano_path, coco128_dir, dashcam_path)
+    overrides = tiny_overrides(output, yolox_nano_path, coco128_dir, dashcam_path) + ["prune.sparsity=2:4"]
     started = time.monotonic()
     result = run_compress(overrides)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -51,12 +54,19 @@ def test_compress_writes_models_and_report(compressed):
         assert (output / name).exists(), name
     report = json.loads((output / "report.json").read_text())
     kinds = [model["kind"] for model in report["models"]]
-    assert kinds == ["teacher", "pruned", "distilled", "int8"]
-    teacher, pruned, distilled, int8 = report["models"]
+    quantized = ["int8"] + (["int8_modelopt"] if modelopt_unavailable_reason() is None else [])
+    assert kinds == ["teacher"] + 2 * (["pruned", "distilled"] + quantized)
+    teacher, pruned, distilled, int8 = report["models"][:4]
     assert teacher["ap"] > 0.2 and teacher["speedup"] == pytest.approx(1.0)
     assert distilled["params"] < 0.6 * teacher["params"] and distilled["macs"] < 0.6 * teacher["macs"]
     assert distilled["latency_p50_ms"] > 0 and int8["file_mb"] < distilled["file_mb"]
-    assert report["tensorrt"] and "sparse tensor cores" in report["sparsity"]
+    sparse = {model["name"]: model for model in report["models"]}["sparse_2to4 distilled"]
+    assert sparse["params"] == teacher["params"] and sparse["macs"] == teacher["macs"]  # dense shapes
+    assert (output / "sparse_2to4" / "student.onnx").exists()
+    assert "2:4 in" in report["sparsity"]["students"][0] and "after training" in report["sparsity"]["students"][0]
+    assert "sparse tensor cores" in report["sparsity"]["note"] and report["tensorrt"]
+    if modelopt_unavailable_reason() is None:
+        assert any("ModelOpt Q/DQ for TensorRT" in note for note in report["int8"])
     assert not list(output.rglob("*.tmp"))  # no half-written files
 
 
@@ -102,3 +112,32 @@ def test_bad_configuration_is_a_clear_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "prune_perception.cli.main", "compress", "--config",
                              str(tmp_path / "missing.yaml")], cwd=ROOT, capture_output=True, text=True)
     assert result.returncode == 1 and "cannot read" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_stages_run_one_by_one_with_a_measured_latency_target(tmp_path, yolox_nano_path, coco128_dir, dashcam_path):
+    overrides = tiny_overrides(tmp_path, yolox_nano_path, coco128_dir, dashcam_path) + [
+        "prune.target_speedup=1.2", "prune.reconstruct=false", "evaluate.latency_runs=10", "export.int8=false",
+        "export.modelopt_int8=false"]
+    early = run_compress(overrides, "distill")
+    assert early.returncode == 1 and "pruned.pt is missing: run `prune-perception prune" in early.stderr
+    assert "Traceback" not in early.stderr
+    for stage in ("prune", "distill", "export", "build-engine", "evaluate"):
+        result = run_compress(overrides, stage)
+        assert result.returncode == 0, (stage, result.stderr[-3000:])
+    folder = tmp_path / "speedup_1.20"
+    steps = json.loads((folder / "pruning.json").read_text())["steps"]
+    speedups = [step["speedup"] for step in steps]  # measured with onnxruntime, interleaved with the teacher
+    assert speedups[-1] >= 1.2 and all(s < 1.2 for s in speedups[:-1])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [m["name"] for m in report["models"]] == ["teacher", "speedup_1.20 pruned", "speedup_1.20 distilled"]
+    assert "latency target: " in report["models"][1]["notes"]
+    engines = json.loads((tmp_path / "engines.json").read_text())
+    reason = tensorrt_unavailable_reason()
+    assert (reason in engines[0]) if reason else engines[0].startswith("teacher")
+
+    single = subprocess.run([sys.executable, "-m", "prune_perception.cli.main", "build-engine", "--onnx",
+                             str(folder / "student.onnx")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if reason:
+        assert single.returncode == 3 and "skipped" in single.stderr and "Traceback" not in single.stderr
+    else:
+        assert single.returncode == 0 and (folder / "student.engine").exists()

@@ -1,9 +1,12 @@
 """INT8 QDQ through onnxruntime on the real YOLOX-Nano (exported by this package)."""
 
+import sys
+
 import cv2
 import onnx
 import pytest
 
+from prune_perception.errors import PrunePerceptionError
 from prune_perception.export.int8 import output_agreement, quantize_int8_qdq, range_starvation
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.models.weights import load_onnx_weights
@@ -46,3 +49,21 @@ def test_range_starvation_finds_the_stem(exported):
     starvation = range_starvation(fp32, calibration[:4])
     worst = max(starvation, key=starvation.get)
     assert "/stem/" in worst and starvation[worst] > 0.3  # channels spanning 0.4 to 108 after BN folding
+
+
+def test_modelopt_qdq_for_tensorrt_runs_in_a_subprocess(exported):
+    """NVIDIA ModelOpt's TensorRT-targeted Q/DQ, for real (requirements/modelopt.txt)."""
+    from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, quantize_int8_modelopt
+
+    reason = modelopt_unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    fp32, calibration, held_out = exported
+    result = quantize_int8_modelopt(fp32, fp32.with_name("nano_modelopt.onnx"), calibration[:12], method="max")
+    graph = onnx.load(str(result.path)).graph
+    assert result.quantized_convs == result.total_convs == sum(n.op_type == "Conv" for n in graph.node)
+    assert load_sidecar(result.path).class_names == tuple(COCO_CLASSES)
+    assert -1 <= result.score_cosine <= 1 and result.output_cosine > 0.5  # measured, whatever it is
+    assert "modelopt" not in sys.modules  # its calibrator patches stayed in the child process
+    with pytest.raises(PrunePerceptionError, match="calibration must be one of"):
+        quantize_int8_modelopt(fp32, fp32.with_name("x.onnx"), calibration, method="percentile")

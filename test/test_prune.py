@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 import torch
 
-from prune_perception.compress.prune import PruneConfig, PruningError, prune_model, save_pruned_checkpoint
+from prune_perception.compress.prune import (
+    PruneConfig,
+    PruningError,
+    count_macs_params,
+    prune_model,
+    save_pruned_checkpoint,
+)
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.models.weights import load_onnx_weights
 from prune_perception.models.yolox import build_yolox
@@ -120,3 +126,30 @@ def test_bad_pruning_requests():
         PruneConfig(channel_ratio=1.5)
     with pytest.raises(PruningError, match="taylor importance needs a loss_fn"):
         prune_model(build_yolox("yolox_nano"), PruneConfig(importance="taylor", channel_ratio=0.2), EXAMPLE)
+
+
+def test_latency_target_prunes_in_steps_until_the_measure_reaches_it(nano_state):
+    """The search loop itself, with a deterministic measure (the MACs ratio); the compress test
+    runs it with real onnxruntime timings."""
+    measured = []
+
+    def macs_speedup(model):
+        macs, _ = count_macs_params(model, EXAMPLE)
+        measured.append(teacher_macs / macs)
+        return measured[-1]
+
+    teacher_macs, _ = count_macs_params(fresh_nano(nano_state), EXAMPLE)
+    model = fresh_nano(nano_state)
+    result = prune_model(model, PruneConfig(target_speedup=1.6, latency_search_step=0.1), EXAMPLE,
+                         measure_speedup=macs_speedup)
+    speedups = [step["speedup"] for step in result.history]
+    assert speedups == measured and speedups[-1] >= 1.6 and all(s < 1.6 for s in speedups[:-1])
+    assert len(speedups) > 1 and result.macs_after == pytest.approx(teacher_macs / speedups[-1], rel=1e-6)
+
+    with pytest.raises(PruningError, match="measured speed-up 1.00x"):  # a runtime that never gets faster
+        prune_model(fresh_nano(nano_state), PruneConfig(target_speedup=1.5, latency_search_step=0.3,
+                                                        max_layer_ratio=0.6), EXAMPLE, measure_speedup=lambda m: 1.0)
+    with pytest.raises(PruningError, match="needs a measure_speedup"):
+        prune_model(fresh_nano(nano_state), PruneConfig(target_speedup=1.5), EXAMPLE)
+    with pytest.raises(PruningError, match="target_speedup must be > 1"):
+        PruneConfig(target_speedup=0.9)
