@@ -8,7 +8,7 @@ STAMPS := $(VENV)/.stamps
 SHARED_DATA ?= ../shared/data
 PIP := $(PY) -m pip install -q -c requirements/constraints.txt
 
-.PHONY: setup demo demo-real live-demo test bench clean
+.PHONY: setup demo demo-real live-demo test bench bench-compress clean
 
 setup: $(STAMPS)/package
 
@@ -53,6 +53,10 @@ test: setup
 bench: setup
 	$(PY) benchmarks/detector_node_latency.py --video $(SHARED_DATA)/video/solidWhiteRight.mp4 \
 	  --model $(SHARED_DATA)/models/yolox_nano.onnx
+
+# The compression benchmark on $(SHARED_DATA): ratios 0.2/0.3/0.5, distillation, INT8 (prints numbers; not a test).
+bench-compress: setup
+	$(PY) benchmarks/compression_benchmark.py --shared $(SHARED_DATA)
 
 clean:
 	rm -rf $(VENV) runs build install log
