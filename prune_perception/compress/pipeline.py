@@ -345,11 +345,11 @@ class CompressionRun:
             if export.modelopt_int8 and not (folder / "modelopt_result.json").exists():
                 reason = modelopt_unavailable_reason()
                 if reason:
-                    LOGGER.warning("ModelOpt INT8 skipped: %s", reason)
-                    continue
-                result = quantize_int8_modelopt(student_onnx, folder / "student_int8_modelopt.onnx",
-                                                self.data.calibration, method=export.modelopt_calibration)
-                write_json_atomic(folder / "modelopt_result.json", _jsonable(asdict(result)))
+                    LOGGER.warning("ModelOpt INT8 of %s skipped: %s", plan.label, reason)
+                else:
+                    result = quantize_int8_modelopt(student_onnx, folder / "student_int8_modelopt.onnx",
+                                                    self.data.calibration, method=export.modelopt_calibration)
+                    write_json_atomic(folder / "modelopt_result.json", _jsonable(asdict(result)))
 
     # ----------------------------------------------------------------- stage: build-engine
     def stage_build_engine(self) -> list[str]:
@@ -413,16 +413,17 @@ class CompressionRun:
                 int8_notes.append(f"{plan.label} (onnxruntime QDQ): {result['float_convs']}/{result['total_convs']} convs "
                                   f"kept in float; score cosine {result['score_cosine']:.4f}, output cosine "
                                   f"{result['output_cosine']:.4f} (on {result['validation_images']} held-out calibration images)")
-                records.append(ModelRecord(f"{plan.label} int8", "int8", result["path"], ratio, params, macs,
-                                           _mb(Path(result["path"]))))
+                int8 = folder / "student_int8.onnx"
+                records.append(ModelRecord(f"{plan.label} int8", "int8", str(int8), ratio, params, macs, _mb(int8)))
             if (folder / "modelopt_result.json").exists():
                 result = json.loads((folder / "modelopt_result.json").read_text())
                 int8_notes.append(f"{plan.label} (ModelOpt Q/DQ for TensorRT, {result['method']} calibration): "
                                   f"{result['quantized_convs']}/{result['total_convs']} convs quantized; score cosine "
                                   f"{result['score_cosine']:.4f}, output cosine {result['output_cosine']:.4f}. Its "
                                   "onnxruntime CPU latency is not TensorRT's")
-                records.append(ModelRecord(f"{plan.label} int8 modelopt", "int8_modelopt", result["path"], ratio, params,
-                                           macs, _mb(Path(result["path"])), notes="TensorRT-targeted Q/DQ"))
+                modelopt = folder / "student_int8_modelopt.onnx"
+                records.append(ModelRecord(f"{plan.label} int8 modelopt", "int8_modelopt", str(modelopt), ratio, params,
+                                           macs, _mb(modelopt), notes="TensorRT-targeted Q/DQ"))
             if plan.sparsity and (folder / "sparsity.json").exists():
                 summary = json.loads((folder / "sparsity.json").read_text())
                 latest = summary.get("after_training", summary["before_training"])
