@@ -25,7 +25,7 @@ import numpy as np
 
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.files import atomic_output
-from prune_perception.runtime.metadata import load_sidecar, write_sidecar
+from prune_perception.runtime.metadata import ModelMetadata, load_sidecar, write_sidecar
 
 LOGGER = logging.getLogger(__name__)
 CALIBRATION_METHODS = ("minmax", "percentile")
@@ -104,6 +104,18 @@ def range_starvation(model_path: Path, inputs: Sequence[np.ndarray], levels: int
             for conv in convs}
 
 
+def split_calibration(fp32_path: Path, calibration_inputs: Sequence[np.ndarray]) -> tuple[ModelMetadata, list, list]:
+    """The FP32 model's sidecar, and the calibration images split into (calibrate on, held out to
+    check agreement): the last quarter is held out."""
+    if len(calibration_inputs) < 4:
+        raise PrunePerceptionError("INT8 calibration needs at least 4 images (a quarter is held out to check agreement)")
+    metadata = load_sidecar(fp32_path)
+    if metadata is None:
+        raise PrunePerceptionError(f"{fp32_path} has no sidecar; export it with prune-perception export")
+    held_out = max(1, len(calibration_inputs) // 4)
+    return metadata, list(calibration_inputs[:-held_out]), list(calibration_inputs[-held_out:])
+
+
 def output_agreement(fp32_path: Path, int8_path: Path, inputs: Sequence[np.ndarray]) -> tuple[float, float]:
     """Worst per-image cosine of (whole output, detection scores) between two YOLOX-layout models."""
     import onnxruntime
@@ -161,15 +173,9 @@ def quantize_int8_qdq(
 
     if method not in CALIBRATION_METHODS:
         raise PrunePerceptionError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
-    if len(calibration_inputs) < 4:
-        raise PrunePerceptionError("INT8 calibration needs at least 4 images (a quarter is held out to check agreement)")
     fp32_path, output_path = Path(fp32_path), Path(output_path)
-    metadata = load_sidecar(fp32_path)
-    if metadata is None:
-        raise PrunePerceptionError(f"{fp32_path} has no sidecar; export it with prune-perception export")
+    metadata, calibrate_on, validate_on = split_calibration(fp32_path, calibration_inputs)
     input_name = metadata.input.name or "images"
-    held_out = max(1, len(calibration_inputs) // 4)
-    calibrate_on, validate_on = calibration_inputs[:-held_out], calibration_inputs[-held_out:]
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:

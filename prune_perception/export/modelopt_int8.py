@@ -38,7 +38,7 @@ import numpy as np
 
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.files import atomic_output
-from prune_perception.runtime.metadata import load_sidecar, write_sidecar
+from prune_perception.runtime.metadata import write_sidecar
 
 LOGGER = logging.getLogger(__name__)
 MODELOPT_CALIBRATION_METHODS = ("entropy", "max")
@@ -79,21 +79,15 @@ def quantize_int8_modelopt(
 
     The last quarter of ``calibration_inputs`` is held out of calibration to measure agreement.
     """
-    from prune_perception.export.int8 import output_agreement
+    from prune_perception.export.int8 import output_agreement, split_calibration
 
     if method not in MODELOPT_CALIBRATION_METHODS:
         raise PrunePerceptionError(f"ModelOpt calibration must be one of {MODELOPT_CALIBRATION_METHODS}, got {method!r}")
     reason = modelopt_unavailable_reason()
     if reason:
         raise PrunePerceptionError(f"ModelOpt INT8: {reason}")
-    if len(calibration_inputs) < 4:
-        raise PrunePerceptionError("ModelOpt calibration needs at least 4 images (a quarter is held out)")
     fp32_path, output_path = Path(fp32_path), Path(output_path)
-    metadata = load_sidecar(fp32_path)
-    if metadata is None:
-        raise PrunePerceptionError(f"{fp32_path} has no sidecar; export it with prune-perception export")
-    held_out = max(1, len(calibration_inputs) // 4)
-    calibrate_on, validate_on = calibration_inputs[:-held_out], calibration_inputs[-held_out:]
+    metadata, calibrate_on, validate_on = split_calibration(fp32_path, calibration_inputs)
     started = time.monotonic()
     with tempfile.TemporaryDirectory() as folder:
         calibration = Path(folder) / "calibration.npy"
