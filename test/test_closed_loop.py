@@ -52,7 +52,7 @@ def listener(rclpy_session):
 def test_sim_detector_evaluator_loop(listener, tmp_path):
     model = constant_detector(tmp_path / "constant.onnx", (100, 60, 140, 100), 0.9, classes=SCENE_CLASSES)
     sim_params = {"width": WIDTH, "height": HEIGHT, "frame_rate_hz": 10.0, "seed": 5, "total_frames": FRAMES,
-                  "wait_for_subscribers": 2, "exit_when_done": False}
+                  "wait_for_subscribers": 2, "wait_for_truth_subscribers": 2, "exit_when_done": False}
     detector = NodeProcess("prune_perception.ros.detector_node",
                            ros_arguments({"model_path": str(model), "use_sim_time": True, "score_threshold": 0.05}),
                            tmp_path / "detector.log")

@@ -55,6 +55,8 @@ SIM_CAMERA_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("qos_depth", 5, "Image publisher history depth.", minimum=1, maximum=1000, read_only=True),
     ParameterSpec("wait_for_subscribers", 0, "Hold the first frame until this many image subscribers match.",
                   minimum=0, maximum=100, read_only=True),
+    ParameterSpec("wait_for_truth_subscribers", 0, "Also hold it until this many ground_truth subscribers match.",
+                  minimum=0, maximum=100, read_only=True),
     ParameterSpec("exit_when_done", True, "Shut down after total_frames.", read_only=True),
 )
 
@@ -83,7 +85,8 @@ class SimCameraNode(Node):
     def _tick(self) -> None:
         wall = time.monotonic()
         if self._started is None:
-            if self._image_pub.get_subscription_count() < self.params["wait_for_subscribers"]:
+            if (self._image_pub.get_subscription_count() < self.params["wait_for_subscribers"]
+                    or self._truth_pub.get_subscription_count() < self.params["wait_for_truth_subscribers"]):
                 self._sim_clock.publish(0)
                 return
             self._started = wall
