@@ -224,7 +224,7 @@ class CompressionRun:
         LOGGER.info("teacher exported to %s (the reference of the report, by the same exporter)", self.teacher_onnx)
         for plan in self.plans():
             folder = self.output_dir / plan.label
-            student = self.sparsify(plan, folder) if plan.sparsity else self.prune(plan, folder)
+            student = self.make_sparse(plan, folder) if plan.sparsity else self.prune(plan, folder)
             self.export(student, folder / "pruned.onnx")
 
     def prune(self, plan: StudentPlan, folder: Path) -> nn.Module:
@@ -254,7 +254,7 @@ class CompressionRun:
         save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs())
         return student
 
-    def sparsify(self, plan: StudentPlan, folder: Path) -> nn.Module:
+    def make_sparse(self, plan: StudentPlan, folder: Path) -> nn.Module:
         path = folder / "pruned.pt"
         if path.exists():
             return load_torch_model(path)
@@ -475,14 +475,13 @@ class CompressionRun:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.output_dir / "config.yaml", yaml.safe_dump(config_to_dict(self.config), sort_keys=False))
 
-    def run_stage(self, stage: str) -> dict[str, Any] | None:
-        """One stage alone (the inputs it needs must exist); the report for ``evaluate``."""
+    def run_stage(self, stage: str) -> None:
+        """One stage alone (the inputs it needs must exist); ``evaluate`` writes the report."""
         if stage not in STAGES:
             raise PrunePerceptionError(f"stage must be one of {STAGES}, got {stage!r}")
         handlers = {"prune": self.stage_prune, "distill": self.stage_distill, "export": self.stage_export,
                     "build-engine": self.stage_build_engine, "evaluate": self.stage_evaluate}
-        result = handlers[stage]()
-        return result if isinstance(result, dict) else None
+        handlers[stage]()
 
     def run(self) -> dict[str, Any]:
         """All the stages in order (each skips what is already on disk); returns the report."""
