@@ -61,7 +61,7 @@ class MissionConfig:
         """A scaled-down run (CI): a short drive, a few training steps, faster playback."""
         base = dict(drive_frames=30, training_seeds=3, training_frames_per_seed=10, train_steps=10,
                     playback_rate=2.0, latency_runs=10,
-                    extra_overrides=["export.int8_calibration_images=8", "prune.reconstruct_images=8",
+                    extra_overrides=["export.int8_calibration_images=8", "prune.calibration_images=8",
                                      "train.batch_size=4", "train.warmup_steps=2", "evaluate.latency_warmup=2"])
         base.update(changes)
         return cls(**base)

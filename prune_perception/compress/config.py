@@ -56,7 +56,8 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PruneSection:
-    importance: str = "l2"
+    importance: str = "energy"
+    """l1 | l2 | bn_scale | taylor | energy (output variance lost, on calibration images)."""
     ratios: list[float] = field(default_factory=lambda: [0.3])
     """One student per channel ratio: the sweep gives the accuracy/latency Pareto front."""
     macs_fraction: float | None = None
@@ -70,10 +71,14 @@ class PruneSection:
     iterative_steps: int = 1
     round_to: int = 8
     max_layer_ratio: float = 0.9
+    mean_compensation: bool = True
+    """Fold the average of every removed channel into the layers that read it
+    (:mod:`prune_perception.compress.channel_statistics`)."""
     reconstruct: bool = True
     """Refit every pruned layer to the teacher by least squares before training
     (:mod:`prune_perception.compress.reconstruct`)."""
-    reconstruct_images: int = 32
+    calibration_images: int = 32
+    """Images for the channel statistics (compensation, energy) and the least-squares refit."""
     sparsity: str | None = None
     """Also one sparse student (dense shapes, teacher's channels): 2:4 or unstructured (null: none)."""
     sparsity_amount: float = 0.5
@@ -82,8 +87,11 @@ class PruneSection:
     def __post_init__(self) -> None:
         from prune_perception.compress.sparsity import SPARSITY_MODES
 
-        if self.reconstruct_images < 1:
-            raise ValueError("reconstruct_images must be >= 1")
+        if self.calibration_images < 1:
+            raise ValueError("calibration_images must be >= 1")
+        if self.importance == "energy" and not self.mean_compensation:
+            raise ValueError("importance energy ranks channels as they cost after mean compensation: "
+                             "keep mean_compensation true")
         if self.sparsity == 2 * 60 + 4:  # YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124
             object.__setattr__(self, "sparsity", "2:4")
         if self.latency_backend not in ("onnxruntime", "torch"):

@@ -148,6 +148,10 @@ class CompressionRun:
     def teacher_onnx(self) -> Path:
         return self.export(self.teacher, self.output_dir / "teacher" / "teacher.onnx")
 
+    @property
+    def int8_calibration(self) -> list[np.ndarray]:
+        return self.data.calibration[: self.config.export.int8_calibration_images]
+
     def plans(self) -> list[StudentPlan]:
         section = self.config.prune
         plans = [StudentPlan(section.target_label(ratio), ratio) for ratio in section.targets()]
@@ -196,7 +200,8 @@ class CompressionRun:
             raise PrunePerceptionError("train.label_weight > 0 needs labelled data (data.labelled)")
         preprocessor = Preprocessor(self.spec)
         rng = np.random.default_rng(self.config.seed)
-        picks = rng.permutation(len(samples))[: self.config.export.int8_calibration_images]
+        wanted = max(self.config.export.int8_calibration_images, self.config.prune.calibration_images)
+        picks = rng.permutation(len(samples))[:wanted]
         calibration = [preprocessor(samples[i].image)[0] for i in picks]
         LOGGER.info("data: %d training images (%d labelled), %d validation, %d fidelity frames",
                     len(samples), len(train_labelled), len(validation), len(fidelity_frames))
@@ -238,14 +243,14 @@ class CompressionRun:
         section = self.config.prune
         loss_fn = self._taylor_loss(teacher, data) if section.importance == "taylor" else None
         meter = self._speedup_meter(folder) if section.target_speedup else None
+        images = torch.from_numpy(np.concatenate(data.calibration[: section.calibration_images]))
         result = prune_model(student, section.prune_config(plan.ratio), self.example, loss_fn=loss_fn,
-                             measure_speedup=meter)
+                             measure_speedup=meter, calibration=images if section.mean_compensation else None)
         LOGGER.info("pruned: MACs %.1f%%, params %.1f%% of the teacher", 100 * result.macs_fraction, 100 * result.params_fraction)
         write_json_atomic(folder / "pruning.json", {
             "channel_ratio": result.channel_ratio, "macs_fraction": result.macs_fraction,
             "params_fraction": result.params_fraction, "steps": result.history})
         if section.reconstruct:
-            images = torch.from_numpy(np.concatenate(data.calibration[: section.reconstruct_images]))
             fit = reconstruct_pruned(student, teacher, result.kept_output_channels, images, seed=self.config.seed)
             write_json_atomic(folder / "reconstruction.json", {
                 "layers": fit.layers, "mean_relative_error_before": fit.mean_error_before,
@@ -338,7 +343,7 @@ class CompressionRun:
                 self.export(load_torch_model(self._require(folder / "student.pt", "distill")), student_onnx)
             if export.int8 and not (folder / "int8_result.json").exists():
                 result = quantize_int8_qdq(
-                    student_onnx, folder / "student_int8.onnx", self.data.calibration, method=export.int8_method,
+                    student_onnx, folder / "student_int8.onnx", self.int8_calibration, method=export.int8_method,
                     target_score_cosine=export.int8_target_score_cosine, max_float_fraction=export.int8_max_float_fraction,
                 )
                 write_json_atomic(folder / "int8_result.json", _jsonable(asdict(result)))
@@ -348,7 +353,7 @@ class CompressionRun:
                     LOGGER.warning("ModelOpt INT8 of %s skipped: %s", plan.label, reason)
                 else:
                     result = quantize_int8_modelopt(student_onnx, folder / "student_int8_modelopt.onnx",
-                                                    self.data.calibration, method=export.modelopt_calibration)
+                                                    self.int8_calibration, method=export.modelopt_calibration)
                     write_json_atomic(folder / "modelopt_result.json", _jsonable(asdict(result)))
 
     # ----------------------------------------------------------------- stage: build-engine
@@ -380,7 +385,7 @@ class CompressionRun:
                 build_engine(Path(record.onnx), engine, EngineBuildConfig(
                     precision=precision, workspace_mb=export.tensorrt_workspace_mb,
                     timing_cache=self.output_dir / "tensorrt.timing_cache",
-                    sparse_weights=Path(record.onnx).parent.name in sparse), calibration_inputs=self.data.calibration)
+                    sparse_weights=Path(record.onnx).parent.name in sparse), calibration_inputs=self.int8_calibration)
             notes.append(f"{record.name}: {engine}")
         return notes
 

@@ -21,12 +21,13 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prune_perception.compress.channel_statistics import ActivationEnergyImportance, ChannelStatistics
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.files import atomic_output
 from prune_perception.models.hooks import hooked_eval
 
 LOGGER = logging.getLogger(__name__)
-IMPORTANCE_CRITERIA = ("l1", "l2", "bn_scale", "taylor")
+IMPORTANCE_CRITERIA = ("l1", "l2", "bn_scale", "taylor", "energy")
 PRUNED_CHECKPOINT_FORMAT = "prune_perception.pruned_checkpoint/1"
 
 
@@ -40,7 +41,9 @@ class PruneConfig:
 
     Attributes:
         importance: ``l1`` / ``l2`` (weight magnitude), ``bn_scale`` (|gamma| of the following
-            BatchNorm) or ``taylor`` (|weight x gradient| of a data loss; needs ``loss_fn``).
+            BatchNorm), ``taylor`` (|weight x gradient| of a data loss; needs ``loss_fn``) or
+            ``energy`` (the output variance a channel's removal costs its consumers, measured on
+            calibration images: :mod:`channel_statistics`; needs ``calibration``).
         channel_ratio: remove this fraction of the channels (of each layer, or of all with
             ``global_pruning``).
         macs_fraction: prune until at most this fraction of the MACs is left.
@@ -110,7 +113,11 @@ class PruneResult:
         return self.params_after / self.params_before
 
 
-def make_importance(name: str) -> Any:
+def make_importance(name: str, statistics: ChannelStatistics | None = None) -> Any:
+    if name == "energy":
+        if statistics is None:
+            raise PruningError("energy importance needs calibration images")
+        return ActivationEnergyImportance(statistics)
     return {
         "l1": lambda: tp.importance.GroupMagnitudeImportance(p=1),
         "l2": lambda: tp.importance.GroupMagnitudeImportance(p=2),
@@ -148,6 +155,8 @@ def prune_model(
     loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
     between_steps: Callable[[int, nn.Module], None] | None = None,
     measure_speedup: Callable[[nn.Module], float] | None = None,
+    calibration: torch.Tensor | None = None,
+    layer_ratios: dict[str, float] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place.
 
@@ -162,6 +171,11 @@ def prune_model(
         raise PruningError("taylor importance needs a loss_fn computed on data")
     if config.target_speedup is not None and measure_speedup is None:
         raise PruningError("target_speedup needs a measure_speedup callback that times the model")
+    if config.importance == "energy" and calibration is None:
+        raise PruningError("energy importance needs calibration images")
+    if layer_ratios is not None and config.channel_ratio is None:
+        raise PruningError("per-layer ratios work with a channel_ratio target only")
+    statistics = ChannelStatistics(calibration) if calibration is not None else None
     macs_before, params_before = count_macs_params(model, example_inputs)
     was_training = model.training
     model.eval()  # tracing must not update BatchNorm statistics with the example input
@@ -171,9 +185,17 @@ def prune_model(
         ratio = config.max_layer_ratio
         step_size = config.latency_search_step if config.target_speedup is not None else config.search_step
         steps = max(1, round(ratio / step_size))
+    modules = dict(model.named_modules())
+    per_layer = None
+    if layer_ratios is not None:
+        unknown = sorted(set(layer_ratios) - set(modules))
+        if unknown:
+            raise PruningError(f"layer_ratios names layers the model does not have: {unknown[:5]}")
+        per_layer = {modules[name]: value for name, value in layer_ratios.items()}
     pruner = tp.pruner.BasePruner(
-        model, example_inputs, importance=make_importance(config.importance), global_pruning=config.global_pruning,
-        pruning_ratio=ratio, max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
+        model, example_inputs, importance=make_importance(config.importance, statistics), global_pruning=config.global_pruning,
+        pruning_ratio=0.0 if per_layer is not None else ratio, pruning_ratio_dict=per_layer,
+        max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
         ignored_layers=protected_layers(model, config.round_to), round_to=config.round_to,
     )
     history = []
@@ -184,7 +206,11 @@ def prune_model(
         if config.importance == "taylor":
             model.zero_grad()
             loss_fn(model).backward()
+        if statistics is not None:
+            statistics.measure(model)
         for group in pruner.step(interactive=True):
+            if statistics is not None:
+                statistics.compensate(group)
             _track_removed_channels(group, conv_names, kept)
             group.prune()
         reached = ratio * (step + 1) / steps
