@@ -21,8 +21,11 @@ class DistillConfig:
       summed over cells and divided by the teacher's total objectness.
     - classes: BCE against the teacher's class probabilities, weighted per cell by the teacher's
       objectness (background cells carry no class information).
-    - box: L1 on the raw box regression where the teacher is confident
-      (objectness x best class >= ``box_confidence``).
+    - box: smooth L1 (Huber, quadratic below ``box_beta``) on the raw box regression where the
+      teacher is confident (objectness x best class >= ``box_confidence``). Plain L1 would push
+      with full force however close the student is: its gradient is the sign of the difference.
+      Measured: an unpruned YOLOX-Nano distilled into itself lost all AP within 10 SGD steps,
+      because from one step to the next the 1e-7 differences turned into a gradient norm of 127.
     - feature: MSE between student neck features (through 1x1 adapters) and the teacher's.
     """
 
@@ -30,6 +33,7 @@ class DistillConfig:
     class_weight: float = 1.0
     box_weight: float = 2.0
     box_confidence: float = 0.3
+    box_beta: float = 0.1
     feature_weight: float = 0.0
     temperature: float = 1.0
 
@@ -62,7 +66,7 @@ def distillation_loss(
     classes = (per_cell * teacher_objectness).sum() / teacher_objectness.sum().clamp(min=1e-6)
     confident = teacher_objectness * teacher_classes.max(dim=-1).values >= config.box_confidence
     if confident.any():
-        box = F.l1_loss(student[..., :4][confident], teacher[..., :4][confident])
+        box = F.smooth_l1_loss(student[..., :4][confident], teacher[..., :4][confident], beta=config.box_beta)
     else:
         box = student.new_zeros(())
     total = config.objectness_weight * objectness + config.class_weight * classes + config.box_weight * box
@@ -75,6 +79,22 @@ def distillation_loss(
         total = total + config.feature_weight * feature
         parts["distill_feature"] = _value(feature)
     return total, parts
+
+
+def _rows_as_logit_level(rows: torch.Tensor) -> list[torch.Tensor]:
+    """Eval-mode rows ``[B, N, 5 + C]`` (sigmoid scores) -> one logit "level" ``[B, 5 + C, N, 1]``."""
+    logits = rows.clone()
+    logits[..., 4:] = torch.logit(rows[..., 4:].clamp(1e-6, 1 - 1e-6))
+    return [logits.permute(0, 2, 1).unsqueeze(-1)]
+
+
+def output_discrepancy(outputs: torch.Tensor, reference: torch.Tensor, config: DistillConfig = DistillConfig()) -> float:
+    """How far eval-mode detector outputs are from reference ones: the distillation loss against
+    the reference, minus the reference's own (0 when they are equal)."""
+    reference_levels = _rows_as_logit_level(reference)
+    loss, _ = distillation_loss(_rows_as_logit_level(outputs), reference_levels, config)
+    floor, _ = distillation_loss(reference_levels, reference_levels, config)
+    return float(loss - floor)
 
 
 def feature_adapters(student_channels: Sequence[int], teacher_channels: Sequence[int]) -> nn.ModuleList:

@@ -156,7 +156,6 @@ def prune_model(
     between_steps: Callable[[int, nn.Module], None] | None = None,
     measure_speedup: Callable[[nn.Module], float] | None = None,
     calibration: torch.Tensor | None = None,
-    layer_ratios: dict[str, float] | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place.
 
@@ -166,6 +165,9 @@ def prune_model(
         between_steps: called after every pruning step with (step, model), e.g. to fine-tune.
         measure_speedup: for ``target_speedup``: times ``model`` against the unpruned one on the
             target backend and returns the speed-up (unpruned latency / pruned latency).
+        calibration: images ``[N, 3, H, W]`` (16-32 are enough). With them, the average of every
+            removed channel is folded into the layers that read it (mean compensation), and the
+            ``energy`` importance can be used. Without them, channels are simply cut.
     """
     if config.importance == "taylor" and loss_fn is None:
         raise PruningError("taylor importance needs a loss_fn computed on data")
@@ -173,8 +175,6 @@ def prune_model(
         raise PruningError("target_speedup needs a measure_speedup callback that times the model")
     if config.importance == "energy" and calibration is None:
         raise PruningError("energy importance needs calibration images")
-    if layer_ratios is not None and config.channel_ratio is None:
-        raise PruningError("per-layer ratios work with a channel_ratio target only")
     statistics = ChannelStatistics(calibration) if calibration is not None else None
     macs_before, params_before = count_macs_params(model, example_inputs)
     was_training = model.training
@@ -185,17 +185,9 @@ def prune_model(
         ratio = config.max_layer_ratio
         step_size = config.latency_search_step if config.target_speedup is not None else config.search_step
         steps = max(1, round(ratio / step_size))
-    modules = dict(model.named_modules())
-    per_layer = None
-    if layer_ratios is not None:
-        unknown = sorted(set(layer_ratios) - set(modules))
-        if unknown:
-            raise PruningError(f"layer_ratios names layers the model does not have: {unknown[:5]}")
-        per_layer = {modules[name]: value for name, value in layer_ratios.items()}
     pruner = tp.pruner.BasePruner(
         model, example_inputs, importance=make_importance(config.importance, statistics), global_pruning=config.global_pruning,
-        pruning_ratio=0.0 if per_layer is not None else ratio, pruning_ratio_dict=per_layer,
-        max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
+        pruning_ratio=ratio, max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
         ignored_layers=protected_layers(model, config.round_to), round_to=config.round_to,
     )
     history = []

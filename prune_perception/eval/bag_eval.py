@@ -18,7 +18,14 @@ from typing import Any, Sequence
 import numpy as np
 from tqdm import tqdm
 
-from prune_perception.bags.camera_bag import BagError, BagFrame, BagTruth, CameraBagWriter, iter_camera_frames, read_ground_truth
+from prune_perception.bags.camera_bag import (
+    BagError,
+    BagFrame,
+    BagTruth,
+    CameraBagWriter,
+    iter_camera_frames,
+    read_ground_truth,
+)
 from prune_perception.eval.coco_eval import CocoMetrics, ImageBoxes, evaluate_detections
 from prune_perception.eval.detector_eval import EVAL_CONFIG
 from prune_perception.runtime.detector import Detector, DetectorConfig
