@@ -27,6 +27,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from prune_perception.compress.reconstruct import conv_batchnorm_pairs
 from prune_perception.models.hooks import hooked_eval
 
 LOGGER = logging.getLogger(__name__)
@@ -50,18 +51,8 @@ def _is_dense(conv: nn.Module) -> bool:
 
 
 def _following_batchnorms(model: nn.Module) -> dict[nn.Conv2d, nn.BatchNorm2d]:
-    """Each Conv2d -> the BatchNorm2d registered right after it in the same parent module."""
-    pairs = {}
-    for parent in model.modules():
-        children = list(parent.children())
-        for child, next_child in zip(children, children[1:]):
-            if isinstance(child, nn.Conv2d) and isinstance(next_child, nn.BatchNorm2d):
-                pairs[child] = next_child
-    return pairs
-
-
-def _indices(idxs) -> list[int]:
-    return sorted({int(getattr(index, "idx", index)) for index in idxs})
+    modules = dict(model.named_modules())
+    return {modules[conv]: modules[bn] for conv, bn in conv_batchnorm_pairs(model).items()}
 
 
 class ChannelStatistics:
@@ -150,17 +141,18 @@ class ChannelStatistics:
         consumers = self.consumers(group)
         if not consumers:
             return None
-        size = len(group[0].idxs)
-        energy = torch.zeros(size, dtype=torch.float64)
+        energy = torch.zeros(len(group[0].idxs), dtype=torch.float64)
+        measured = False
         for conv, idxs, roots in consumers:
             if len(roots) != len(idxs) or any(root is None for root in roots):
                 continue
+            measured = True
             scale = self.output_scale(conv).to(torch.float64)
             weight = conv.weight.detach().cpu().to(torch.float64)[:, idxs]  # [out, n, k, k]
             reads = (weight.pow(2).sum(dim=(2, 3)) * scale.pow(2)[:, None]).sum(dim=0)  # [n]
             variance = self.statistics[conv].variance[idxs].to(torch.float64)
             energy.scatter_add_(0, torch.tensor(roots), reads * variance)
-        return energy.float()
+        return energy.float() if measured else None  # None: Torch-Pruning leaves the group alone
 
 
 class ActivationEnergyImportance(tp.importance.Importance):
