@@ -100,7 +100,7 @@ def plot_pareto(records: Sequence[Any], path: Path) -> None:
         axis.annotate(record.name, (record.latency_p50_ms, record.ap), textcoords="offset points", xytext=(5, 5), fontsize=8)
         points.append((record.latency_p50_ms, record.ap))
     front, best = [], -1.0
-    for latency, ap in sorted(points):
+    for latency, ap in sorted(points, key=lambda point: (point[0], -point[1])):  # ties: the better AP first
         if ap > best:
             front.append((latency, ap))
             best = ap
