@@ -53,15 +53,27 @@ def test_range_starvation_finds_the_stem(exported):
 
 def test_modelopt_qdq_for_tensorrt_runs_in_a_subprocess(exported):
     """NVIDIA ModelOpt's TensorRT-targeted Q/DQ, for real (requirements/modelopt.txt)."""
-    from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, quantize_int8_modelopt
+    from prune_perception.export.modelopt_int8 import (
+        modelopt_unavailable_reason,
+        quantize_int8_modelopt,
+        reading_convs,
+    )
 
     reason = modelopt_unavailable_reason()
     if reason:
         pytest.skip(reason)
     fp32, calibration, held_out = exported
-    result = quantize_int8_modelopt(fp32, fp32.with_name("nano_modelopt.onnx"), calibration[:12], method="max")
+    starvation = range_starvation(fp32, calibration[:4])
+    starved = sorted(starvation, key=lambda name: -starvation[name])[:8]  # what the QDQ search keeps in float
+    readers = reading_convs(fp32, starved)
+    assert "/backbone/backbone/dark2/dark2.0/dconv/conv/Conv" in reading_convs(fp32, ["/backbone/backbone/stem/conv/conv/Conv"])
+    result = quantize_int8_modelopt(fp32, fp32.with_name("nano_modelopt.onnx"), calibration[:12], method="max",
+                                    starved_convs=starved)
     graph = onnx.load(str(result.path)).graph
-    assert result.quantized_convs == result.total_convs == sum(n.op_type == "Conv" for n in graph.node)
+    assert result.total_convs == sum(n.op_type == "Conv" for n in graph.node)
+    assert 0 < len(readers) and result.quantized_convs == result.total_convs - len(readers)
+    producers = {output: node.op_type for node in graph.node for output in node.output}
+    assert all(producers.get(node.input[0]) != "DequantizeLinear" for node in graph.node if node.name in readers)
     assert load_sidecar(result.path).class_names == tuple(COCO_CLASSES)
     assert -1 <= result.score_cosine <= 1 and result.output_cosine > 0.5  # measured, whatever it is
     assert "modelopt" not in sys.modules  # its calibrator patches stayed in the child process

@@ -360,8 +360,11 @@ class CompressionRun:
                 if reason:
                     LOGGER.warning("ModelOpt INT8 of %s skipped: %s", plan.label, reason)
                 else:
+                    qdq = folder / "int8_result.json"  # its starved convs stay in float for TensorRT too
+                    starved = json.loads(qdq.read_text()).get("float_nodes", []) if qdq.exists() else []
                     result = quantize_int8_modelopt(student_onnx, folder / "student_int8_modelopt.onnx",
-                                                    self.int8_calibration, method=export.modelopt_calibration)
+                                                    self.int8_calibration, method=export.modelopt_calibration,
+                                                    starved_convs=starved)
                     write_json_atomic(folder / "modelopt_result.json", _jsonable(asdict(result)))
 
     # ----------------------------------------------------------------- stage: build-engine

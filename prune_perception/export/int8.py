@@ -59,6 +59,9 @@ class Int8Result:
     score_cosine: float
     """Worst per-image cosine of the detection scores (objectness x class) the runtime thresholds."""
     validation_images: int
+    float_nodes: tuple[str, ...] = ()
+    """Names of the convolutions kept in float (the same names as in the FP32 model): TensorRT's
+    Q/DQ through ModelOpt excludes them too (:func:`modelopt_int8.quantize_int8_modelopt`)."""
 
 
 def _conv_groups(model) -> tuple[list, dict[str, list[str]]]:
@@ -219,4 +222,5 @@ def quantize_int8_qdq(
         with atomic_output(output_path) as tmp:
             tmp.write_bytes(chosen.read_bytes())
     write_sidecar(output_path, metadata)
-    return Int8Result(output_path, float_convs, len(convs), whole, scores, len(validate_on))
+    return Int8Result(output_path, float_convs, len(convs), whole, scores, len(validate_on),
+                      tuple(conv.name for conv in ranked[:float_convs]))
