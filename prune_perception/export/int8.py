@@ -60,8 +60,9 @@ class Int8Result:
     """Worst per-image cosine of the detection scores (objectness x class) the runtime thresholds."""
     validation_images: int
     float_nodes: tuple[str, ...] = ()
-    """Names of the convolutions kept in float (the same names as in the FP32 model): TensorRT's
-    Q/DQ through ModelOpt excludes them too (:func:`modelopt_int8.quantize_int8_modelopt`)."""
+    """Names of the convolutions kept in float, whose output ranges a per-tensor scale starves (the
+    same names as in the FP32 model). ModelOpt's Q/DQ for TensorRT keeps the convs reading those
+    outputs in float (:func:`modelopt_int8.quantize_int8_modelopt`)."""
 
 
 def _conv_groups(model) -> tuple[list, dict[str, list[str]]]:
