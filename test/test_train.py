@@ -12,7 +12,6 @@ from prune_perception.compress.losses import (
     assign_targets,
     detection_loss,
     distillation_loss,
-    output_discrepancy,
 )
 from prune_perception.compress.prune import PruneConfig, prune_model
 from prune_perception.compress.train import TrainConfig, Trainer, batch_for_step, ramped_ema_update
@@ -39,6 +38,22 @@ def samples(coco128_dir):
 def eval_batch(samples):
     images = [letterbox(s, SIZE).image.transpose(2, 0, 1) for s in samples[:6]]
     return torch.from_numpy(np.stack(images)).float()
+
+
+def _rows_as_logit_level(rows: torch.Tensor) -> list[torch.Tensor]:
+    """Eval-mode rows ``[B, N, 5 + C]`` (sigmoid scores) -> one logit "level" ``[B, 5 + C, N, 1]``."""
+    logits = rows.clone()
+    logits[..., 4:] = torch.logit(rows[..., 4:].clamp(1e-6, 1 - 1e-6))
+    return [logits.permute(0, 2, 1).unsqueeze(-1)]
+
+
+def output_discrepancy(outputs: torch.Tensor, reference: torch.Tensor, config: DistillConfig = DistillConfig()) -> float:
+    """How far eval-mode detector outputs are from reference ones: the distillation loss against
+    the reference, minus the reference's own (0 when they are equal)."""
+    reference_levels = _rows_as_logit_level(reference)
+    loss, _ = distillation_loss(_rows_as_logit_level(outputs), reference_levels, config)
+    floor, _ = distillation_loss(reference_levels, reference_levels, config)
+    return float(loss - floor)
 
 
 def pruned(teacher, ratio=0.5):

@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from prune_perception.models.hooks import hooked_eval
+from prune_perception.models.hooks import hooked_eval, input_channel_statistics
 
 
 def _batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
@@ -27,33 +27,9 @@ def _batchnorms(model: nn.Module) -> list[nn.BatchNorm2d]:
 
 
 @torch.no_grad()
-def _input_statistics(model: nn.Module, batches: Sequence[torch.Tensor]) -> dict[nn.BatchNorm2d, tuple[torch.Tensor, torch.Tensor]]:
-    sums: dict[nn.BatchNorm2d, list[torch.Tensor]] = {}
-
-    def hook(module: nn.BatchNorm2d, inputs: tuple[torch.Tensor, ...]) -> None:
-        x = inputs[0].double()
-        channel_sum = x.sum(dim=(0, 2, 3))
-        channel_squares = (x * x).sum(dim=(0, 2, 3))
-        count = torch.tensor(float(x.numel() // x.shape[1]), dtype=torch.float64)
-        previous = sums.get(module)
-        sums[module] = [channel_sum, channel_squares, count] if previous is None else [
-            previous[0] + channel_sum, previous[1] + channel_squares, previous[2] + count]
-
-    with hooked_eval(model, [bn.register_forward_pre_hook(hook) for bn in _batchnorms(model)]):
-        for batch in batches:
-            model(batch)
-    statistics = {}
-    for module, (channel_sum, channel_squares, count) in sums.items():
-        mean = channel_sum / count
-        variance = (channel_squares / count - mean * mean).clamp(min=0)
-        statistics[module] = (mean.float(), variance.float())
-    return statistics
-
-
-@torch.no_grad()
 def reparameterize_batchnorm(model: nn.Module, batches: Sequence[torch.Tensor]) -> nn.Module:
     """Give every BatchNorm the statistics of its input on ``batches``, keeping the function."""
-    for bn, (mean, variance) in _input_statistics(model, batches).items():
+    for bn, (mean, variance) in input_channel_statistics(model, _batchnorms(model), batches).items():
         old_scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
         new_std = torch.sqrt(variance + bn.eps)
         bn.bias.add_(old_scale * (mean - bn.running_mean))

@@ -28,7 +28,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prune_perception.compress.reconstruct import conv_batchnorm_pairs
-from prune_perception.models.hooks import hooked_eval
+from prune_perception.models.hooks import input_channel_statistics
 
 LOGGER = logging.getLogger(__name__)
 
@@ -72,28 +72,11 @@ class ChannelStatistics:
         self.statistics: dict[nn.Conv2d, InputStatistics] = {}
         self._batchnorms: dict[nn.Conv2d, nn.BatchNorm2d] = {}
 
-    @torch.no_grad()
     def measure(self, model: nn.Module) -> None:
-        sums: dict[nn.Conv2d, list[torch.Tensor]] = {}
-
-        def record(conv: nn.Conv2d, inputs: tuple[torch.Tensor, ...]) -> None:
-            x = inputs[0].detach().double()
-            totals = sums.setdefault(conv, [torch.zeros(x.shape[1], dtype=torch.float64),
-                                            torch.zeros(x.shape[1], dtype=torch.float64), torch.zeros((), dtype=torch.float64)])
-            totals[0] += x.sum(dim=(0, 2, 3))
-            totals[1] += x.pow(2).sum(dim=(0, 2, 3))
-            totals[2] += x.shape[0] * x.shape[2] * x.shape[3]
-
+        batches = torch.split(self.images, self.batch_size)
         convs = [m for m in model.modules() if _is_dense(m)]
-        handles = [conv.register_forward_pre_hook(record) for conv in convs]
-        device = next(model.parameters()).device
-        with hooked_eval(model, handles):
-            for start in range(0, self.images.shape[0], self.batch_size):
-                model(self.images[start:start + self.batch_size].to(device))
-        self.statistics = {}
-        for conv, (total, squares, count) in sums.items():
-            mean = total / count
-            self.statistics[conv] = InputStatistics(mean.float().cpu(), (squares / count - mean.pow(2)).clamp(min=0).float().cpu())
+        self.statistics = {conv: InputStatistics(mean.cpu(), variance.cpu())
+                           for conv, (mean, variance) in input_channel_statistics(model, convs, batches).items()}
         self._batchnorms = _following_batchnorms(model)
 
     def output_scale(self, conv: nn.Conv2d) -> torch.Tensor:

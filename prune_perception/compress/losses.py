@@ -81,22 +81,6 @@ def distillation_loss(
     return total, parts
 
 
-def _rows_as_logit_level(rows: torch.Tensor) -> list[torch.Tensor]:
-    """Eval-mode rows ``[B, N, 5 + C]`` (sigmoid scores) -> one logit "level" ``[B, 5 + C, N, 1]``."""
-    logits = rows.clone()
-    logits[..., 4:] = torch.logit(rows[..., 4:].clamp(1e-6, 1 - 1e-6))
-    return [logits.permute(0, 2, 1).unsqueeze(-1)]
-
-
-def output_discrepancy(outputs: torch.Tensor, reference: torch.Tensor, config: DistillConfig = DistillConfig()) -> float:
-    """How far eval-mode detector outputs are from reference ones: the distillation loss against
-    the reference, minus the reference's own (0 when they are equal)."""
-    reference_levels = _rows_as_logit_level(reference)
-    loss, _ = distillation_loss(_rows_as_logit_level(outputs), reference_levels, config)
-    floor, _ = distillation_loss(reference_levels, reference_levels, config)
-    return float(loss - floor)
-
-
 def feature_adapters(student_channels: Sequence[int], teacher_channels: Sequence[int]) -> nn.ModuleList:
     """1x1 convolutions mapping each student neck level onto the teacher's channel count."""
     return nn.ModuleList(nn.Conv2d(s, t, 1) for s, t in zip(student_channels, teacher_channels))
