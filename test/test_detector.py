@@ -106,3 +106,30 @@ def test_cuda_request_without_cuda_is_refused(yolox_nano_path):
     with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider"):
         Detector(yolox_nano_path, device="cuda")
     assert Detector(yolox_nano_path, device="auto").device == "cpu"
+
+
+def test_cpu_session_keeps_silu_in_the_blocked_layout(yolox_nano_path, yolox_detector, dashcam_frames, tmp_path):
+    """The backend disables onnxruntime's QuickGelu fusion on the CPU: the outputs do not change,
+    and the optimized graph keeps SiLU as Sigmoid and Mul (which the NCHWc layout handles) where
+    onnxruntime's defaults turn every SiLU into a QuickGelu node between two layout reorders."""
+    import onnx
+    import onnxruntime as ort
+
+    from prune_perception.runtime.backends.onnxruntime_backend import CPU_DISABLED_OPTIMIZERS, OnnxRuntimeBackend
+    from prune_perception.runtime.preprocess import Preprocessor
+
+    backend = OnnxRuntimeBackend(yolox_nano_path, device="cpu")
+    tensor, _ = Preprocessor(yolox_detector.metadata.input)(dashcam_frames[0])
+    default = ort.InferenceSession(str(yolox_nano_path), providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(backend.infer(tensor), default.run(None, {default.get_inputs()[0].name: tensor})[0],
+                               rtol=0, atol=1e-4)
+
+    def optimized_op_types(disabled: list[str]) -> set[str]:
+        options = ort.SessionOptions()
+        options.optimized_model_filepath = str(tmp_path / f"optimized_{len(disabled)}.onnx")
+        ort.InferenceSession(str(yolox_nano_path), options, providers=["CPUExecutionProvider"],
+                             disabled_optimizers=disabled)
+        return {node.op_type for node in onnx.load(options.optimized_model_filepath).graph.node}
+
+    assert "QuickGelu" in optimized_op_types([])
+    assert "QuickGelu" not in optimized_op_types(list(CPU_DISABLED_OPTIMIZERS))

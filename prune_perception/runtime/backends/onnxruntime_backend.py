@@ -12,6 +12,11 @@ from prune_perception.runtime.metadata import ModelMetadata
 
 CUDA_PROVIDER = "CUDAExecutionProvider"
 CPU_PROVIDER = "CPUExecutionProvider"
+CPU_DISABLED_OPTIMIZERS = ("QuickGeluFusion",)
+"""onnxruntime fuses SiLU (``x * sigmoid(x)``) into a QuickGelu kernel that has no blocked (NCHWc)
+layout, so on the CPU every SiLU of a conv net is wrapped in two layout reorders. Measured on
+YOLOX-Nano at 416 (2-core x86): 10.6 ms with the fusion, 8.9 ms without (1.2x), identical outputs:
+the Sigmoid and Mul then stay in the convolutions' blocked layout."""
 
 
 class OnnxRuntimeBackend(InferenceBackend):
@@ -67,7 +72,9 @@ class OnnxRuntimeBackend(InferenceBackend):
             options.intra_op_num_threads = intra_op_threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
         try:
-            self.session = ort.InferenceSession(str(self.model_path), sess_options=options, providers=providers)
+            self.session = ort.InferenceSession(
+                str(self.model_path), sess_options=options, providers=providers,
+                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if providers == [CPU_PROVIDER] else None)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"cannot load ONNX model {self.model_path}: {reason}") from exc
