@@ -36,6 +36,11 @@ def test_export_reproduces_the_shared_model_in_the_detector(nano, yolox_nano_pat
     graph = onnx.load(str(result.path))
     assert graph.opset_import[0].version == 17
     assert not any(n.op_type == "BatchNormalization" for n in graph.graph.node)
+    # Focus in its deployment form: the image goes straight into one 6x6 stride-2 conv
+    readers = [n for n in graph.graph.node if graph.graph.input[0].name in n.input]
+    assert [n.op_type for n in readers] == ["Conv"]
+    attributes = {a.name: onnx.helper.get_attribute_value(a) for a in readers[0].attribute}
+    assert attributes["kernel_shape"] == [6, 6] and attributes["strides"] == [2, 2]
     assert (result.path.stat().st_mode & 0o777) == 0o644
 
     exported = Detector(result.path, device="cpu")
@@ -50,16 +55,17 @@ def test_export_reproduces_the_shared_model_in_the_detector(nano, yolox_nano_pat
 
 def test_failed_parity_writes_nothing(nano, tmp_path):
     class Drifting(torch.nn.Module):
-        """Differs between calls, as a model with live randomness would."""
+        """Differs between calls, as a model with live randomness (a global generator) would."""
+
+        calls = 0  # on the class: the export traces a deployment copy of the model
 
         def __init__(self, model):
             super().__init__()
             self.model = model
-            self.calls = 0
 
         def forward(self, x):
-            self.calls += 1
-            return self.model(x) + self.calls
+            Drifting.calls += 1
+            return self.model(x) + Drifting.calls
 
     with pytest.raises(ExportParityError, match="was not written"):
         export_onnx(Drifting(nano), tmp_path / "drift.onnx", COCO_CLASSES, SPEC)

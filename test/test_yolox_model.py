@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from prune_perception.models.weights import WeightImportError, load_official_checkpoint, load_onnx_weights
-from prune_perception.models.yolox import build_yolox
+from prune_perception.models.yolox import Focus, build_yolox, focus_weight_as_strided, strided_weight_as_focus
 from prune_perception.runtime.metadata import InputSpec
 from prune_perception.runtime.postprocess import YoloxDecoder
 from prune_perception.runtime.preprocess import Preprocessor
@@ -126,3 +126,20 @@ def test_our_own_simplified_export_imports_back_by_module_path(tmp_path):
     images = torch.rand(1, 3, 320, 320) * 255
     with torch.no_grad():
         torch.testing.assert_close(restored(images), original(images), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("ksize", [1, 3])
+def test_focus_deployment_form_is_the_same_function(ksize):
+    """Focus (space-to-depth, then a k x k conv) equals one 2k x 2k stride-2 conv on the image."""
+    torch.manual_seed(ksize)
+    focus = Focus(3, 16, ksize)
+    focus.conv.bn.running_mean.uniform_(-1, 1)
+    focus.conv.bn.running_var.uniform_(0.5, 2)
+    focus.conv.bn.weight.data.uniform_(0.5, 2)
+    focus.eval()
+    deployed = focus.deployment_form().eval()
+    assert deployed.conv.conv.kernel_size == (2 * ksize, 2 * ksize) and deployed.conv.conv.stride == (2, 2)
+    images = torch.rand(2, 3, 64, 96) * 255
+    with torch.no_grad():
+        torch.testing.assert_close(deployed(images), focus(images), atol=1e-4, rtol=1e-5)
+    assert torch.equal(strided_weight_as_focus(focus_weight_as_strided(focus.conv.conv.weight)), focus.conv.conv.weight)

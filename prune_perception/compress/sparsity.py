@@ -80,9 +80,13 @@ class SparsityMasks:
 
 
 def sparse_candidates(model: nn.Module, mode: str) -> dict[str, nn.Conv2d]:
-    """The convolutions that get sparse weights: not the head's output convs, and for 2:4 only
-    those with a multiple of 4 input channels per group."""
+    """The convolutions that get sparse weights: not the head's output convs, not those that
+    export in another layout (inside a module with a ``deployment_form``, such as YOLOX's Focus,
+    whose 12-channel conv becomes a 3-channel 6x6 one), and for 2:4 only those with a multiple
+    of 4 input channels per group."""
     protected = {id(m) for m in protected_layers(model, round_to=1)}
+    protected |= {id(conv) for module in model.modules() if hasattr(module, "deployment_form")
+                  for conv in module.modules() if isinstance(conv, nn.Conv2d)}
     candidates = {}
     for name, module in model.named_modules():
         if not isinstance(module, nn.Conv2d) or id(module) in protected:

@@ -1,5 +1,6 @@
-"""PyTorch detector -> one ONNX file the runtime loads: opset 17, BatchNorm folded, optionally
-the box decode in the graph, simplified with onnxslim, checked against PyTorch, with its sidecar.
+"""PyTorch detector -> one ONNX file the runtime loads: opset 17, BatchNorm folded, modules in
+their deployment form, optionally the box decode in the graph, simplified with onnxslim, checked
+against PyTorch, with its sidecar.
 
 Nothing is written unless the exported model reproduces the PyTorch outputs: the max absolute
 difference, relative to the largest output magnitude (raw logits are O(1), decoded boxes O(input
@@ -8,6 +9,7 @@ size)), must stay within ``parity_threshold``. The file and its sidecar are writ
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 from dataclasses import dataclass
@@ -39,6 +41,19 @@ class OnnxExportResult:
     parity_threshold: float
     nodes_before_simplify: int
     nodes_after_simplify: int
+
+
+def deployment_form(model: nn.Module) -> nn.Module:
+    """``model``, or a copy of it in which every submodule that offers a ``deployment_form()``
+    (the same function as a faster graph, e.g. YOLOX's Focus as one strided convolution) is
+    replaced by it. The export's parity check compares the ONNX file against ``model`` itself."""
+    names = [name for name, module in model.named_modules() if name and hasattr(module, "deployment_form")]
+    if not names:
+        return model
+    deployed = copy.deepcopy(model)
+    for name in names:
+        deployed.set_submodule(name, deployed.get_submodule(name).deployment_form())
+    return deployed
 
 
 def export_onnx(
@@ -83,7 +98,7 @@ def export_onnx(
         with atomic_output(output_path) as tmp:
             with torch.no_grad():
                 torch.onnx.export(
-                    model, torch.from_numpy(samples[0]), str(tmp), opset_version=OPSET, dynamo=False,
+                    deployment_form(model), torch.from_numpy(samples[0]), str(tmp), opset_version=OPSET, dynamo=False,
                     input_names=[input_spec.name or "images"], output_names=["output"], do_constant_folding=True,
                 )
             graph = onnx.load(str(tmp))

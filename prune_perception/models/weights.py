@@ -17,7 +17,7 @@ from torch import nn
 
 from prune_perception.errors import ModelLoadError
 from prune_perception.models.hooks import hooked_eval
-from prune_perception.models.yolox import BaseConv
+from prune_perception.models.yolox import BaseConv, Focus, strided_weight_as_focus
 
 
 class WeightImportError(ModelLoadError):
@@ -104,6 +104,12 @@ def load_onnx_weights(model: nn.Module, onnx_path: str | Path, input_size: int) 
             "shape": tuple(weight.shape), "stride": list(attributes.get("strides", [1, 1])),
             "group": attributes.get("group", 1), "pads": list(attributes.get("pads", [0, 0, 0, 0])),
         }
+        if isinstance(parents.get(parents.get(conv)), Focus) and found["shape"] != expected["shape"]:
+            # our own exports write Focus as one 2k x 2k stride-2 conv (Focus.deployment_form)
+            weight = strided_weight_as_focus(torch.from_numpy(np.array(weight))).numpy()
+            pads = [conv.padding[0], conv.padding[1]] * 2
+            found = {**found, "shape": tuple(weight.shape), "stride": [s // 2 for s in found["stride"]],
+                     "pads": pads if found["pads"] == [2 * p for p in pads] else found["pads"]}
         if expected != found:
             raise WeightImportError(
                 f"conv #{index} ({name}) of {onnx_path.name} does not fit the model: expected {expected}, found {found}"

@@ -115,6 +115,10 @@ class SPPBottleneck(nn.Module):
         return self.conv2(torch.cat([x] + [pool(x) for pool in self.m], dim=1))
 
 
+FOCUS_PHASES = ((0, 0), (1, 0), (0, 1), (1, 1))
+"""(row, column) offsets of the pixel phases in the order Focus concatenates them."""
+
+
 class Focus(nn.Module):
     """Space-to-depth (2x2 pixels -> 4 channels), then a BaseConv."""
 
@@ -123,11 +127,52 @@ class Focus(nn.Module):
         self.conv = BaseConv(in_channels * 4, out_channels, ksize, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top_left = x[..., ::2, ::2]
-        top_right = x[..., ::2, 1::2]
-        bottom_left = x[..., 1::2, ::2]
-        bottom_right = x[..., 1::2, 1::2]
-        return self.conv(torch.cat([top_left, bottom_left, top_right, bottom_right], dim=1))
+        return self.conv(torch.cat([x[..., dy::2, dx::2] for dy, dx in FOCUS_PHASES], dim=1))
+
+    def deployment_form(self) -> "StridedFocus":
+        """The same function as one convolution reading the image directly, for export.
+
+        A k x k convolution over the four pixel phases is a 2k x 2k convolution with stride 2
+        and padding 2 * (k // 2) over the image: phase (dy, dx) of kernel tap (a, b) is image
+        tap (2a + dy, 2b + dx). It drops the four strided slices and the concatenation, which
+        onnxruntime runs as separate full-resolution copies (measured at 416 on a 2-core CPU:
+        1.28 ms for slices, concat and conv against 0.72 ms for the one convolution).
+        """
+        conv = self.conv.conv
+        out_channels, _, k, _ = conv.weight.shape
+        deployed = StridedFocus(conv.in_channels // 4, out_channels, k).to(conv.weight.device)
+        with torch.no_grad():
+            deployed.conv.conv.weight.copy_(focus_weight_as_strided(conv.weight.detach()))
+        deployed.conv.bn.load_state_dict(self.conv.bn.state_dict())
+        deployed.conv.bn.eps = self.conv.bn.eps
+        return deployed
+
+
+class StridedFocus(nn.Module):
+    """Focus in its deployment form: one 2k x 2k stride-2 BaseConv on the image. Its conv keeps
+    the module path ``<focus>.conv.conv``, so exports of either form import by name."""
+
+    def __init__(self, in_channels: int, out_channels: int, ksize: int) -> None:
+        super().__init__()
+        self.conv = BaseConv(in_channels, out_channels, 2 * ksize, stride=2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def focus_weight_as_strided(weight: torch.Tensor) -> torch.Tensor:
+    """Focus conv weights ``[O, 4C, k, k]`` -> the strided conv's ``[O, C, 2k, 2k]``."""
+    out_channels, phase_channels, k, _ = weight.shape
+    channels = phase_channels // 4
+    strided = weight.new_zeros(out_channels, channels, 2 * k, 2 * k)
+    for phase, (dy, dx) in enumerate(FOCUS_PHASES):
+        strided[:, :, dy::2, dx::2] = weight[:, phase * channels:(phase + 1) * channels]
+    return strided
+
+
+def strided_weight_as_focus(weight: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`focus_weight_as_strided`."""
+    return torch.cat([weight[:, :, dy::2, dx::2] for dy, dx in FOCUS_PHASES], dim=1)
 
 
 class CSPDarknet(nn.Module):
