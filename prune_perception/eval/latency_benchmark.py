@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -28,6 +28,17 @@ def measure_latency(
     do not spin between runs, so one model's idle threads do not slow the next.
     """
     backends = {name: create_backend(path, backend, device, intra_op_threads=intra_op_threads) for name, path in models.items()}
+    try:
+        return measure_backend_latency(backends, inputs, runs, warmup)
+    finally:
+        for item in backends.values():
+            item.close()
+
+
+def measure_backend_latency(backends: Mapping[str, Any], inputs: Sequence[np.ndarray], runs: int = 50,
+                            warmup: int = 5) -> dict[str, LatencySummary]:
+    """Inference latency of loaded backends (anything with ``infer(tensor)``), interleaved as in
+    :func:`measure_latency`."""
     names = list(backends)
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + runs):
@@ -39,6 +50,4 @@ def measure_latency(
             elapsed_ms = (time.perf_counter() - start) * 1e3
             if round_index >= warmup:
                 samples[name].append(elapsed_ms)
-    for item in backends.values():
-        item.close()
     return {name: LatencySummary.of(values) for name, values in samples.items()}

@@ -68,7 +68,7 @@ def train_sample_teacher(output_dir: str | Path, config: SampleTeacherConfig = S
         output / "validation")
     model = build_yolox(config.variant, num_classes=len(SCENE_CLASSES))
     train_config = TrainConfig(
-        steps=config.steps, batch_size=config.batch_size, learning_rate=config.learning_rate, warmup_steps=min(200, config.steps // 5 + 1),
+        steps=config.steps, batch_size=config.batch_size, optimizer="sgd", learning_rate=config.learning_rate, warmup_steps=min(200, config.steps // 5 + 1),
         freeze_batchnorm=False, freeze_stem=False, label_weight=1.0, distill_weight=0.0, ema_decay=0.999,
         ema_ramp_steps=max(1, config.steps // 5), checkpoint_every=250, seed=config.seed,
     )
