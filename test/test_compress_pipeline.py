@@ -141,3 +141,14 @@ def test_stages_run_one_by_one_with_a_measured_latency_target(tmp_path, yolox_na
         assert single.returncode == 3 and "skipped" in single.stderr and "Traceback" not in single.stderr
     else:
         assert single.returncode == 0 and (folder / "student.engine").exists()
+
+
+def test_report_says_when_int8_is_slower_than_its_fp32_model():
+    from prune_perception.eval.compress_report import _int8_speed_notes
+
+    rows = [{"name": "ratio_0.30 distilled", "kind": "distilled", "latency_p50_ms": 5.2},
+            {"name": "ratio_0.30 int8", "kind": "int8", "latency_p50_ms": 7.6},
+            {"name": "ratio_0.50 distilled", "kind": "distilled", "latency_p50_ms": 4.0},
+            {"name": "ratio_0.50 int8", "kind": "int8", "latency_p50_ms": 3.5}]
+    notes = _int8_speed_notes(rows)
+    assert len(notes) == 1 and notes[0].startswith("ratio_0.30 int8 is slower") and "7.60 against 5.20" in notes[0]

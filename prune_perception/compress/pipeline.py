@@ -353,6 +353,7 @@ class CompressionRun:
                 result = quantize_int8_qdq(
                     student_onnx, folder / "student_int8.onnx", self.int8_calibration, method=export.int8_method,
                     target_score_cosine=export.int8_target_score_cosine, max_float_fraction=export.int8_max_float_fraction,
+                    progress=self.progress,
                 )
                 write_json_atomic(folder / "int8_result.json", _jsonable(asdict(result)))
             if export.modelopt_int8 and not (folder / "modelopt_result.json").exists():
@@ -360,11 +361,11 @@ class CompressionRun:
                 if reason:
                     LOGGER.warning("ModelOpt INT8 of %s skipped: %s", plan.label, reason)
                 else:
-                    qdq = folder / "int8_result.json"  # its starved convs stay in float for TensorRT too
-                    starved = json.loads(qdq.read_text()).get("float_nodes", []) if qdq.exists() else []
+                    qdq = folder / "int8_result.json"  # what its search kept in float stays so for TensorRT
+                    float_convs = json.loads(qdq.read_text()).get("float_nodes", []) if qdq.exists() else []
                     result = quantize_int8_modelopt(student_onnx, folder / "student_int8_modelopt.onnx",
                                                     self.int8_calibration, method=export.modelopt_calibration,
-                                                    starved_convs=starved)
+                                                    float_convs=float_convs)
                     write_json_atomic(folder / "modelopt_result.json", _jsonable(asdict(result)))
 
     # ----------------------------------------------------------------- stage: build-engine
@@ -413,7 +414,7 @@ class CompressionRun:
             folder = self.output_dir / plan.label
             pruned = self._require(folder / "pruned.onnx", "prune")
             macs, params = count_macs_params(load_torch_model(folder / "pruned.pt"), self.example)
-            ratio = plan.ratio if plan.ratio is not None else 0.0
+            ratio = plan.ratio if plan.ratio is not None else _searched_ratio(folder / "pruning.json")
             refit = ", least-squares refitted" if self.config.prune.reconstruct and not plan.sparsity else ""
             records.append(ModelRecord(f"{plan.label} pruned", "pruned", str(pruned), ratio, params, macs, _mb(pruned),
                                        notes=("sparse, before training" if plan.sparsity else "before training") + refit
@@ -519,6 +520,11 @@ def _bounded(sample: Sample, longest_side: int) -> Sample:
 
 def _mb(path: Path) -> float:
     return Path(path).stat().st_size / 1e6
+
+
+def _searched_ratio(pruning_json: Path) -> float:
+    """The channel ratio a MACs, params or speed-up target ended at (0 for a sparse student)."""
+    return float(json.loads(pruning_json.read_text()).get("channel_ratio", 0.0)) if pruning_json.exists() else 0.0
 
 
 def _speedup_search_note(pruning_json: Path, backend: str) -> str:

@@ -35,6 +35,7 @@ def write_compress_report(output_dir: Path, records: Sequence[Any], histories: d
         row["ap_change_points"] = (
             None if row["ap"] is None or teacher.ap is None else 100 * (row["ap"] - teacher.ap)
         )
+    int8_notes = [*int8_notes, *_int8_speed_notes(rows)]
     summary = {
         "models": rows,
         "int8": list(int8_notes),
@@ -80,6 +81,20 @@ def write_compress_report(output_dir: Path, records: Sequence[Any], histories: d
         lines += ["## Training", "", "![training curves](training_curves.png)", ""]
     write_text_atomic(output_dir / "report.md", "\n".join(lines))
     return summary
+
+
+def _int8_speed_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Where an onnxruntime INT8 file measured slower than its own FP32 model, say so: on that
+    backend the FP32 file is the one to deploy. Q/DQ around the convs kept in float costs more
+    than INT8 saves on CPUs where depthwise convs dominate."""
+    by_name = {row["name"]: row for row in rows}
+    notes = []
+    for row in rows:
+        fp32 = by_name.get(row["name"].removesuffix(" int8") + " distilled") if row["kind"] == "int8" else None
+        if fp32 and row["latency_p50_ms"] and fp32["latency_p50_ms"] and row["latency_p50_ms"] > fp32["latency_p50_ms"]:
+            notes.append(f"{row['name']} is slower than its FP32 model on onnxruntime CPU ({row['latency_p50_ms']:.2f} "
+                         f"against {fp32['latency_p50_ms']:.2f} ms p50): on this backend, deploy the FP32 file")
+    return notes
 
 
 def plot_pareto(records: Sequence[Any], path: Path) -> None:

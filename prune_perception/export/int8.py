@@ -1,13 +1,20 @@
 """INT8 post-training quantization of an exported ONNX detector.
 
-``quantize_int8_qdq`` writes a QDQ model with onnxruntime's ``quantize_static`` (per-channel
-weights, MinMax or Percentile activation calibration from N preprocessed images) for CPU
-runtimes. Its sidecar is the FP32 model's, with the INT8 file's sha256.
+``quantize_int8_qdq`` writes a QDQ model with onnxruntime's quantizer (per-channel weights,
+MinMax or Percentile activation calibration from N preprocessed images) for CPU runtimes. Its
+sidecar is the FP32 model's, with the INT8 file's sha256.
 
-Measured on YOLOX-Nano: quantizing every layer gives 1.8x on the CPU but destroys the scores
-(cosine 0.03 against FP32). Per-tensor activation scales starve channels: after BN folding, the
-channels of one conv output span 0.4 to 108. The search below keeps the worst such convs in
-float until the scores agree.
+Each convolution is quantized together with its activation (SiLU: Sigmoid and Mul), so that
+onnxruntime runs QLinearConv -> QLinearSigmoid -> QLinearMul without float round trips. With the
+convs alone quantized, every SiLU sits between a DequantizeLinear and a QuantizeLinear, and
+YOLOX-Nano ran no faster than FP32 (measured: 1.01x with 32 convs in float, 0.98x with none).
+
+Per-tensor activation scales make a few layers fragile: after BN folding, the channels of one
+conv output span 0.4 to 108, and a depthwise conv that reads such a tensor has no other channels
+to average the error out. Quantizing every layer took the detection scores' cosine against FP32
+to 0.03. The layers to keep in float are found by measurement (:func:`quantization_sensitivity`),
+not guessed from ranges: on YOLOX-Nano the stem and the depthwise conv reading it account for
+almost all of the damage.
 
 The TensorRT-targeted Q/DQ variant (NVIDIA ModelOpt) is not here: importing modelopt patches
 onnxruntime's calibrators for the whole process, so it must run in a subprocess of its own.
@@ -15,6 +22,7 @@ onnxruntime's calibrators for the whole process, so it must run in a subprocess 
 
 from __future__ import annotations
 
+import copy
 import logging
 import tempfile
 from dataclasses import dataclass
@@ -60,9 +68,15 @@ class Int8Result:
     """Worst per-image cosine of the detection scores (objectness x class) the runtime thresholds."""
     validation_images: int
     float_nodes: tuple[str, ...] = ()
-    """Names of the convolutions kept in float, whose output ranges a per-tensor scale starves (the
-    same names as in the FP32 model). ModelOpt's Q/DQ for TensorRT keeps the convs reading those
-    outputs in float (:func:`modelopt_int8.quantize_int8_modelopt`)."""
+    """Names of the convolutions kept in float, the most sensitive first (the same names as in the
+    FP32 model). ModelOpt's Q/DQ for TensorRT keeps the convs reading their outputs in float too
+    (:func:`modelopt_int8.quantize_int8_modelopt`)."""
+    sensitivity: dict[str, float] | None = None
+    """Per convolution, 1 - score cosine against FP32 with only that conv (and its activation)
+    quantized, where the search measured it."""
+
+
+ACTIVATIONS = ("Sigmoid", "Mul", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Clip")
 
 
 def _conv_groups(model) -> tuple[list, dict[str, list[str]]]:
@@ -76,36 +90,80 @@ def _conv_groups(model) -> tuple[list, dict[str, list[str]]]:
     for conv in convs:
         names = [conv.name]
         for consumer in consumers.get(conv.output[0], []):
-            if consumer.op_type in ("Sigmoid", "Mul", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Clip"):
+            if consumer.op_type in ACTIVATIONS:
                 names.append(consumer.name)
                 names += [c.name for c in consumers.get(consumer.output[0], []) if c.op_type == "Mul"]
-        groups[conv.name] = names
+        groups[conv.name] = list(dict.fromkeys(names))
     return convs, groups
 
 
-def range_starvation(model_path: Path, inputs: Sequence[np.ndarray], levels: int = 8) -> dict[str, float]:
-    """Per conv, the fraction of output channels whose range spans fewer than ``levels`` steps of
-    the tensor's 8-bit quantization grid (per-tensor activation scales starve such channels)."""
-    import onnx
+class QdqBuilder:
+    """Calibrates a model once, then writes QDQ versions of it with any chosen set of nodes
+    quantized (onnxruntime's own calibrator and QDQ quantizer, as ``quantize_static`` runs them)."""
+
+    def __init__(self, prepared: Path, calibrate_on: Sequence[np.ndarray], input_name: str, method: str,
+                 percentile: float, per_channel: bool, folder: Path) -> None:
+        from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator
+        from onnxruntime.quantization.quant_utils import load_model_with_shape_infer
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._inputs = iter(calibrate_on)
+
+            def get_next(self):
+                tensor = next(self._inputs, None)
+                return None if tensor is None else {input_name: np.asarray(tensor, np.float32)}
+
+        self.model = load_model_with_shape_infer(prepared)
+        self.per_channel = per_channel
+        calibrator = create_calibrator(
+            prepared, list(ACTIVATIONS) + ["Conv"], augmented_model_path=str(folder / "augmented.onnx"),
+            calibrate_method=CalibrationMethod.MinMax if method == "minmax" else CalibrationMethod.Percentile,
+            extra_options={"percentile": percentile} if method == "percentile" else {},
+        )
+        calibrator.collect_data(Reader())
+        self.tensors_range = calibrator.compute_data()
+
+    def build(self, nodes: Sequence[str]):
+        """The model with ``nodes`` (and only them) quantized, as an ``onnx.ModelProto``."""
+        from onnxruntime.quantization import QuantType
+        from onnxruntime.quantization.qdq_quantizer import QDQQuantizer
+
+        quantizer = QDQQuantizer(
+            copy.deepcopy(self.model), per_channel=self.per_channel, reduce_range=False, weight_qType=QuantType.QInt8,
+            activation_qType=QuantType.QUInt8, tensors_range=self.tensors_range, nodes_to_quantize=list(nodes),
+            nodes_to_exclude=[], op_types_to_quantize=["Conv", *ACTIVATIONS], extra_options={},
+        )
+        quantizer.quantize_model()
+        return quantizer.model.model
+
+
+def quantization_sensitivity(builder: QdqBuilder, groups: dict[str, list[str]], reference: Sequence[np.ndarray],
+                             inputs: Sequence[np.ndarray], progress: bool = False) -> dict[str, float]:
+    """Per conv: 1 - the worst score cosine against FP32 (``reference`` outputs for ``inputs``)
+    when only that conv and its activation are quantized (its input, weights and output)."""
+    from tqdm import tqdm
+
+    return {name: 1.0 - _score_agreement(builder.build(nodes), reference, inputs)
+            for name, nodes in tqdm(groups.items(), desc="INT8 sensitivity", disable=not progress, leave=False)}
+
+
+def _score_agreement(model, reference: Sequence[np.ndarray], inputs: Sequence[np.ndarray]) -> float:
+    """Worst per-image cosine of the detection scores of ``model`` against ``reference``."""
     import onnxruntime
 
-    model = onnx.load(str(model_path))
-    convs, _ = _conv_groups(model)
-    outputs = [conv.output[0] for conv in convs]
-    for name in outputs:
-        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    input_name = session.get_inputs()[0].name
-    channel_max: dict[str, np.ndarray] = {}
-    low: dict[str, float] = {}
-    high: dict[str, float] = {}
-    for tensor in inputs:
-        for name, value in zip(outputs, session.run(outputs, {input_name: tensor})):
-            per_channel = np.abs(value).reshape(value.shape[1], -1).max(axis=1)
-            channel_max[name] = np.maximum(channel_max.get(name, per_channel), per_channel)
-            low[name], high[name] = min(low.get(name, 0.0), float(value.min())), max(high.get(name, 0.0), float(value.max()))
-    return {conv.name: float((channel_max[conv.output[0]] < levels * (high[conv.output[0]] - low[conv.output[0]]) / 255).mean())
-            for conv in convs}
+    name = session.get_inputs()[0].name
+    cosines = []
+    for tensor, expected in zip(inputs, reference):
+        actual = session.run(None, {name: tensor})[0][0]
+        cosines.append(_cosine(_scores(actual), _scores(expected)))
+    return min(cosines)
+
+
+def _scores(output: np.ndarray) -> np.ndarray:
+    """Objectness x class scores of one image's YOLOX-layout output ``[anchors, 5 + classes]``."""
+    return output[:, 4:5] * output[:, 5:]
 
 
 def split_calibration(fp32_path: Path, calibration_inputs: Sequence[np.ndarray]) -> tuple[ModelMetadata, list, list]:
@@ -130,7 +188,7 @@ def output_agreement(fp32_path: Path, int8_path: Path, inputs: Sequence[np.ndarr
     for tensor in inputs:
         reference, quantized = (s.run(None, {name: tensor})[0][0] for s in sessions)
         whole.append(_cosine(quantized, reference))
-        scores.append(_cosine(quantized[:, 4:5] * quantized[:, 5:], reference[:, 4:5] * reference[:, 5:]))
+        scores.append(_cosine(_scores(quantized), _scores(reference)))
     return min(whole), min(scores)
 
 
@@ -148,80 +206,65 @@ def quantize_int8_qdq(
     percentile: float = 99.999,
     target_score_cosine: float = 0.99,
     max_float_fraction: float = 0.3,
-    op_types: Sequence[str] = ("Conv",),
+    progress: bool = False,
 ) -> Int8Result:
     """Quantize ``fp32_path`` to INT8 QDQ at ``output_path`` (with its sidecar).
 
-    Mixed precision, searched: convolutions are ranked by how many of their output channels a
-    per-tensor 8-bit scale starves (:func:`range_starvation`), and the worst are kept in float,
-    more at each try (0, 2, 4, 8, ... up to ``max_float_fraction`` of them), until the detection
-    scores agree with FP32 to ``target_score_cosine`` on held-out calibration images (the last
-    quarter, not used to calibrate). If the target is not reached, the try with the best
-    agreement is kept and the result says so.
+    Mixed precision, searched. Every conv is first quantized alone, with its activation, and the
+    damage to the detection scores measured (:func:`quantization_sensitivity`, on a few held-out
+    calibration images). The most sensitive are then kept in float, more at each try (0, 1, 2,
+    3, 4, 6, 8, ... up to ``max_float_fraction`` of the convs), until the scores agree with FP32
+    to ``target_score_cosine`` on the held-out calibration images (the last quarter, not used to
+    calibrate). If the target is not reached, the try with the best agreement is kept and the
+    result says so. Calibration runs once for all tries.
 
     Args:
         calibration_inputs: preprocessed ``[1, 3, H, W]`` float32 tensors (a few dozen real images).
-        op_types: the operator types to quantize. Convolutions by default: the concatenations,
-            residual adds, resizes and SiLU around them mix channels of very different ranges and
-            stay in float (they are memory-bound, so INT8 gains little there). Empty: all types.
     """
     import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
+    import onnxruntime
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIBRATION_METHODS:
         raise PrunePerceptionError(f"calibration method must be one of {CALIBRATION_METHODS}, got {method!r}")
     fp32_path, output_path = Path(fp32_path), Path(output_path)
     metadata, calibrate_on, validate_on = split_calibration(fp32_path, calibration_inputs)
-    input_name = metadata.input.name or "images"
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            self._inputs = iter(calibrate_on)
-
-        def get_next(self):
-            tensor = next(self._inputs, None)
-            return None if tensor is None else {input_name: np.asarray(tensor, np.float32)}
-
-    extra = {"CalibPercentile": percentile} if method == "percentile" else {}
     with tempfile.TemporaryDirectory() as folder:
         prepared = Path(folder) / "prepared.onnx"
         quant_pre_process(str(_with_min_opset(fp32_path, Path(folder))), str(prepared), skip_symbolic_shape=True)
+        builder = QdqBuilder(prepared, calibrate_on, metadata.input.name or "images", method, percentile, per_channel,
+                             Path(folder))
         convs, groups = _conv_groups(onnx.load(str(prepared)))
-        starvation = range_starvation(prepared, calibrate_on[:12])
-        ranked = sorted(convs, key=lambda conv: -starvation[conv.name])
-        limit = int(max_float_fraction * len(convs))
-        tries = [0] + [k for k in (2, 4, 8, 12, 16, 24, 32, 48, 64) if k <= limit]
-        best: tuple[float, float, int, Path] | None = None
-        for float_convs in tries:
-            candidate = Path(folder) / f"int8_{float_convs}.onnx"
-            excluded = [name for conv in ranked[:float_convs] for name in groups[conv.name]]
-            quantize_static(
-                str(prepared), str(candidate), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, nodes_to_exclude=excluded,
-                op_types_to_quantize=list(op_types) if op_types else None,
-                calibrate_method=CalibrationMethod.MinMax if method == "minmax" else CalibrationMethod.Percentile,
-                extra_options=extra,
-            )
-            whole, scores = output_agreement(prepared, candidate, validate_on)
-            LOGGER.info("INT8 with %d/%d convs in float: score cosine %.4f, output cosine %.4f",
-                        float_convs, len(convs), scores, whole)
-            if best is None or scores > best[0]:
-                best = (scores, whole, float_convs, candidate)
-            if scores >= target_score_cosine:
-                break
-        scores, whole, float_convs, chosen = best
+        session = onnxruntime.InferenceSession(str(prepared), providers=["CPUExecutionProvider"])
+        reference = [session.run(None, {session.get_inputs()[0].name: tensor})[0][0] for tensor in validate_on]
+        everything = [name for conv in convs for name in groups[conv.name]]
+        full = builder.build(everything)
+        full_agreement = _score_agreement(full, reference, validate_on)
+        sensitivity: dict[str, float] | None = None
+        ranked: list[str] = []
+        best = (full_agreement, 0, full)
+        if full_agreement < target_score_cosine:
+            sensitivity = quantization_sensitivity(builder, groups, reference[:4], validate_on[:4], progress)
+            ranked = sorted(sensitivity, key=lambda name: -sensitivity[name])
+            limit = int(max_float_fraction * len(convs))
+            for float_convs in [k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= limit]:
+                kept = {name for conv in ranked[:float_convs] for name in groups[conv]}
+                candidate = builder.build([name for name in everything if name not in kept])
+                agreement = _score_agreement(candidate, reference, validate_on)
+                LOGGER.info("INT8 with %d/%d convs in float: score cosine %.4f", float_convs, len(convs), agreement)
+                if agreement > best[0]:
+                    best = (agreement, float_convs, candidate)
+                if agreement >= target_score_cosine:
+                    break
+        scores, float_convs, chosen = best
         if scores < target_score_cosine:
             LOGGER.warning("INT8 agreement target %.3f not reached: best score cosine %.4f with %d convs in float",
                            target_score_cosine, scores, float_convs)
+        chosen_path = Path(folder) / "chosen.onnx"
+        onnx.save(chosen, str(chosen_path))
+        whole, scores = output_agreement(prepared, chosen_path, validate_on)
         with atomic_output(output_path) as tmp:
-            tmp.write_bytes(chosen.read_bytes())
+            tmp.write_bytes(chosen_path.read_bytes())
     write_sidecar(output_path, metadata)
     return Int8Result(output_path, float_convs, len(convs), whole, scores, len(validate_on),
-                      tuple(conv.name for conv in ranked[:float_convs]))
+                      tuple(ranked[:float_convs]), sensitivity)

@@ -75,16 +75,17 @@ def quantize_int8_modelopt(
     calibration_inputs: Sequence[np.ndarray],
     method: str = "entropy",
     timeout_s: float = 1800,
-    starved_convs: Sequence[str] = (),
+    float_convs: Sequence[str] = (),
 ) -> ModelOptResult:
     """Quantize ``fp32_path`` with ModelOpt in a child process; write ``output_path`` and its sidecar.
 
     The last quarter of ``calibration_inputs`` is held out of calibration to measure agreement.
-    ``starved_convs``: convolutions whose output range a per-tensor INT8 scale starves, as the
-    onnxruntime QDQ search found them (``Int8Result.float_nodes``). ModelOpt puts its Q/DQ on conv
-    *inputs*, so the convs that read those outputs (through activations, concatenations, adds,
-    resizes, pools) are kept in float (:func:`reading_convs`). Measured on a YOLOX-Nano student
-    with every conv quantized: score cosine 0.015 against FP32.
+    ``float_convs``: the convolutions the onnxruntime QDQ search kept in float
+    (``Int8Result.float_nodes``): the ones whose quantized input, weights or output hurt the
+    scores most. ModelOpt puts its Q/DQ on conv *inputs*, so the convs that read their outputs
+    (through activations, concatenations, adds, resizes, pools) are kept in float
+    (:func:`reading_convs`). Measured on a YOLOX-Nano student with every conv quantized: score
+    cosine 0.015 against FP32.
     """
     from prune_perception.export.int8 import output_agreement, split_calibration
 
@@ -101,7 +102,7 @@ def quantize_int8_modelopt(
         np.save(calibration, np.concatenate([np.asarray(x, np.float32) for x in calibrate_on]))
         quantized = Path(folder) / "modelopt.onnx"
         command = [sys.executable, "-m", __name__, str(fp32_path), str(calibration), str(quantized), "--method", method]
-        excluded = reading_convs(fp32_path, starved_convs) if starved_convs else []
+        excluded = reading_convs(fp32_path, float_convs) if float_convs else []
         command += [argument for name in excluded for argument in ("--exclude", name)]
         try:
             child = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
