@@ -47,7 +47,7 @@ def test_int8_runs_and_agrees_with_fp32_on_real_images(exported, int8, coco128_d
     producers = {output: node for node in graph.node for output in node.output}
     quantized_sigmoids = [n for n in graph.node if n.op_type == "Sigmoid" and producers[n.input[0]].op_type == "DequantizeLinear"]
     assert len(quantized_sigmoids) >= int8.total_convs - int8.float_convs - 10  # the head's outputs have no SiLU
-    # Measured: score cosine 0.97-0.98 with 12-16 of 113 convs in float (the held-out calibration images)
+    # Measured on the held-out calibration images: score cosine 0.96 with 8 and 0.98 with 32 of 113 convs in float
     assert int8.float_convs <= 0.3 * int8.total_convs and int8.score_cosine >= 0.95, int8
     output_cosine, score_cosine = output_agreement(fp32, int8.path, held_out)  # images unseen in calibration
     assert output_cosine >= 0.9 and score_cosine >= 0.9, (output_cosine, score_cosine, int8)
