@@ -137,7 +137,8 @@ def test_focus_deployment_form_is_the_same_function(ksize):
     focus.conv.bn.running_var.uniform_(0.5, 2)
     focus.conv.bn.weight.data.uniform_(0.5, 2)
     focus.eval()
-    deployed = focus.deployment_form().eval()
+    deployed = focus.deployment_form()
+    assert not deployed.training
     assert deployed.conv.conv.kernel_size == (2 * ksize, 2 * ksize) and deployed.conv.conv.stride == (2, 2)
     images = torch.rand(2, 3, 64, 96) * 255
     with torch.no_grad():

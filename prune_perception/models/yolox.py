@@ -145,7 +145,7 @@ class Focus(nn.Module):
             deployed.conv.conv.weight.copy_(focus_weight_as_strided(conv.weight.detach()))
         deployed.conv.bn.load_state_dict(self.conv.bn.state_dict())
         deployed.conv.bn.eps = self.conv.bn.eps
-        return deployed
+        return deployed.train(self.training)
 
 
 class StridedFocus(nn.Module):
