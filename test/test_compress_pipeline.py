@@ -60,6 +60,11 @@ def test_compress_writes_models_and_report(compressed):
     assert teacher["ap"] > 0.2 and teacher["speedup"] == pytest.approx(1.0)
     assert distilled["params"] < 0.6 * teacher["params"] and distilled["macs"] < 0.6 * teacher["macs"]
     assert distilled["latency_p50_ms"] > 0 and int8["file_mb"] < distilled["file_mb"]
+    # the teacher file as given, in a default onnxruntime session, timed in the same run
+    as_given = report["teacher_as_given"]
+    assert as_given["onnx"].endswith("yolox_nano.onnx") and as_given["latency_p50_ms"] > 0
+    assert as_given["teacher_speedup"] == pytest.approx(as_given["latency_p50_ms"] / teacher["latency_p50_ms"])
+    assert "teacher file as given" in (output / "report.md").read_text()
     sparse = {model["name"]: model for model in report["models"]}["sparse_2to4 distilled"]
     assert sparse["params"] == teacher["params"] and sparse["macs"] == teacher["macs"]  # dense shapes
     assert (output / "sparse_2to4" / "student.onnx").exists()

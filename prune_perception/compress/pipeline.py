@@ -51,13 +51,15 @@ from prune_perception.data.datasets import (
 )
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.eval.detector_eval import evaluate_on_dataset, fidelity_to_teacher
-from prune_perception.eval.latency_benchmark import measure_latency
+from prune_perception.eval.latency_benchmark import measure_backend_latency, measure_latency
 from prune_perception.export.int8 import quantize_int8_qdq
 from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, quantize_int8_modelopt
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import write_json_atomic, write_text_atomic
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
 from prune_perception.models.yolox import build_yolox
+from prune_perception.runtime.backends import create_backend
+from prune_perception.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from prune_perception.runtime.backends.torch_backend import load_torch_model
 from prune_perception.runtime.class_names import default_class_names
 from prune_perception.runtime.metadata import InputSpec
@@ -65,6 +67,7 @@ from prune_perception.runtime.preprocess import Preprocessor
 
 LOGGER = logging.getLogger(__name__)
 FACTORY = "prune_perception.models.yolox:build_yolox"
+AS_GIVEN = "teacher as given"
 
 
 @dataclass
@@ -457,12 +460,12 @@ class CompressionRun:
         records, histories, int8_notes, sparsity_notes = self.collect_records()
         for record in records:
             self.evaluate(record)
-        self.measure_latency(records)
+        teacher_as_given = self.measure_latency(records)
         engines_file = self.output_dir / "engines.json"
         engines = json.loads(engines_file.read_text()) if engines_file.exists() else [
             "TensorRT engines: not built yet (prune-perception build-engine)"]
         return write_compress_report(self.output_dir, records, histories, config_to_dict(self.config), int8_notes,
-                                     engines, sparsity_notes)
+                                     engines, sparsity_notes, teacher_as_given)
 
     def evaluate(self, record: ModelRecord) -> None:
         data = self.data
@@ -473,11 +476,23 @@ class CompressionRun:
             record.fidelity_ap = fidelity_to_teacher(record.onnx, self.teacher_onnx, data.fidelity_frames,
                                                      progress=self.progress).ap
 
-    def measure_latency(self, records: list[ModelRecord]) -> None:
+    def measure_latency(self, records: list[ModelRecord]) -> dict[str, Any] | None:
+        """Every model's latency, interleaved in one run, into its record. Returns the latency of
+        the teacher's ONNX file as given, in a default onnxruntime session, timed in the same run
+        (what plain onnxruntime users deploy today), or None without an ONNX teacher of this input size."""
+        evaluate = self.config.evaluate
         unique = {r.onnx: r for r in records if r.kind != "pruned"}  # pruned and distilled share the architecture
-        summaries = measure_latency({path: path for path in unique}, self.data.calibration[:4],
-                                    runs=self.config.evaluate.latency_runs, warmup=self.config.evaluate.latency_warmup,
-                                    device="cpu", intra_op_threads=self.config.evaluate.latency_threads)
+        backends = {path: create_backend(path, "auto", "cpu", intra_op_threads=evaluate.latency_threads)
+                    for path in unique}
+        as_given = self._teacher_as_given(evaluate.latency_threads)
+        if as_given is not None:
+            backends[AS_GIVEN] = as_given
+        try:
+            summaries = measure_backend_latency(backends, self.data.calibration[:4], runs=evaluate.latency_runs,
+                                                warmup=evaluate.latency_warmup)
+        finally:
+            for backend in backends.values():
+                backend.close()
         teacher_p50 = summaries[records[0].onnx].p50_ms
         by_architecture = {r.name.replace(" pruned", " distilled"): r for r in records}
         for record in records:
@@ -486,6 +501,21 @@ class CompressionRun:
             if summary is not None:
                 record.latency_p50_ms, record.latency_p99_ms = summary.p50_ms, summary.p99_ms
                 record.speedup = teacher_p50 / summary.p50_ms
+        if AS_GIVEN not in summaries:
+            return None
+        given = summaries[AS_GIVEN]
+        return {"onnx": str(self.config.teacher.onnx), "latency_p50_ms": given.p50_ms, "latency_p99_ms": given.p99_ms,
+                "teacher_speedup": given.p50_ms / teacher_p50}
+
+    def _teacher_as_given(self, threads: int) -> OnnxRuntimeBackend | None:
+        onnx_path = self.config.teacher.onnx
+        if not onnx_path or not Path(onnx_path).exists():
+            return None
+        backend = OnnxRuntimeBackend(onnx_path, device="cpu", intra_op_threads=threads, fuse_silu=True)
+        if backend.input_shape() not in (None, tuple(self.data.calibration[0].shape)):
+            backend.close()  # a fixed input size other than the run's: not comparable
+            return None
+        return backend
 
     # ----------------------------------------------------------------- the whole run
     def _write_config(self) -> None:

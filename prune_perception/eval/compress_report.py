@@ -28,7 +28,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def write_compress_report(output_dir: Path, records: Sequence[Any], histories: dict[str, list[dict]],
                           config: dict[str, Any], int8_notes: Sequence[str], engine_notes: Sequence[str],
-                          sparsity_notes: Sequence[str] = ()) -> dict[str, Any]:
+                          sparsity_notes: Sequence[str] = (), teacher_as_given: dict[str, Any] | None = None,
+                          ) -> dict[str, Any]:
     teacher = records[0]
     rows = [asdict(record) for record in records]
     for row in rows:
@@ -41,6 +42,7 @@ def write_compress_report(output_dir: Path, records: Sequence[Any], histories: d
         "int8": list(int8_notes),
         "tensorrt": list(engine_notes),
         "sparsity": {"students": list(sparsity_notes), "note": f"{STRUCTURED_NOTE} {SPARSITY_RUNTIME_NOTE}"},
+        "teacher_as_given": teacher_as_given,
         "config": config,
         "training": {name: history[-1] if history else None for name, history in histories.items()},
     }
@@ -70,6 +72,7 @@ def write_compress_report(output_dir: Path, records: Sequence[Any], histories: d
         "unlabelled frames held out of training. Latency: model inference on onnxruntime CPU, all models "
         "interleaved in one run; speed-up is the teacher's p50 over the model's.", "",
         *table, "",
+        *([_as_given_line(teacher_as_given, teacher.latency_p50_ms), ""] if teacher_as_given else []),
         "![accuracy vs latency](pareto.png)", "",
         "## INT8", "",
         *(f"- {note}" for note in int8_notes or ["not run"]), "",
@@ -81,6 +84,14 @@ def write_compress_report(output_dir: Path, records: Sequence[Any], histories: d
         lines += ["## Training", "", "![training curves](training_curves.png)", ""]
     write_text_atomic(output_dir / "report.md", "\n".join(lines))
     return summary
+
+
+def _as_given_line(as_given: dict[str, Any], teacher_p50_ms: float | None) -> str:
+    return (f"The teacher row is this run's own export of the teacher, on prune_perception's onnxruntime backend. "
+            f"The teacher file as given (`{as_given['onnx']}`), in an onnxruntime session with default options, ran "
+            f"at {as_given['latency_p50_ms']:.2f} ms p50 (p99 {as_given['latency_p99_ms']:.2f}) in the same run, against "
+            f"{_fmt(teacher_p50_ms, 2)} ms: the deployment path alone is {as_given['teacher_speedup']:.2f}x faster. "
+            "Against the file as given, multiply every speed-up above by that factor.")
 
 
 def _int8_speed_notes(rows: Sequence[dict[str, Any]]) -> list[str]:

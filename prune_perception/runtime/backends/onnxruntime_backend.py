@@ -29,6 +29,8 @@ class OnnxRuntimeBackend(InferenceBackend):
         intra_op_threads: CPU threads for one inference; 0 lets onnxruntime decide.
         allow_spinning: keep worker threads spinning between runs. Off by default: on a small
             CPU shared with a ROS executor, spinning threads steal the cores the node needs.
+        fuse_silu: keep onnxruntime's QuickGelu fusion of SiLU on the CPU (its default; see
+            ``CPU_DISABLED_OPTIMIZERS``). Off by default; on to time a model as plain onnxruntime runs it.
 
     Example:
         >>> backend = OnnxRuntimeBackend("yolox_nano.onnx", device="cpu")
@@ -44,6 +46,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         metadata: ModelMetadata | None = None,
         intra_op_threads: int = 0,
         allow_spinning: bool = False,
+        fuse_silu: bool = False,
     ) -> None:
         super().__init__(model_path, device)
         try:
@@ -74,7 +77,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         try:
             self.session = ort.InferenceSession(
                 str(self.model_path), sess_options=options, providers=providers,
-                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if providers == [CPU_PROVIDER] else None)
+                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS) if providers == [CPU_PROVIDER] and not fuse_silu else None)
         except Exception as exc:  # onnxruntime raises its own pybind exception types
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ModelLoadError(f"cannot load ONNX model {self.model_path}: {reason}") from exc
