@@ -1,7 +1,8 @@
 """What the deployment path alone gains, before any pruning: the same detector, same weights,
 same outputs, timed three ways interleaved in one run on onnxruntime's CPU provider.
 
-1. the ONNX file as given, in an onnxruntime session with its default options;
+1. the ONNX file as given, with onnxruntime's default graph optimizations (worker threads not
+   spinning between runs, as for every model timed here);
 2. the same file in prune_perception's onnxruntime backend, which turns off the QuickGelu
    fusion (it wraps every SiLU in two NCHWc layout reorders);
 3. our own export of the imported weights (``prune-perception export``), where YOLOX's Focus is
@@ -34,22 +35,6 @@ from prune_perception.runtime.preprocess import Preprocessor
 ROOT = Path(__file__).resolve().parents[1]
 
 
-class DefaultSession:
-    """An onnxruntime CPU session with the library's default options (no spinning between runs,
-    as for every model timed here)."""
-
-    def __init__(self, path: Path) -> None:
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.input_name = self.session.get_inputs()[0].name
-
-    def infer(self, tensor: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: tensor})[0]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "data")
@@ -69,7 +54,7 @@ def main() -> int:
     exported = export_onnx(model, args.output / f"{args.variant}.onnx", COCO_CLASSES, spec, sample_inputs=inputs[:4])
 
     backends = {
-        "as given, onnxruntime defaults": DefaultSession(model_path),
+        "as given, onnxruntime defaults": OnnxRuntimeBackend(model_path, device="cpu", fuse_silu=True),
         "as given, prune_perception backend": OnnxRuntimeBackend(model_path, device="cpu"),
         "our export, prune_perception backend": OnnxRuntimeBackend(exported.path, device="cpu"),
     }

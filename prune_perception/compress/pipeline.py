@@ -51,14 +51,13 @@ from prune_perception.data.datasets import (
 )
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.eval.detector_eval import evaluate_on_dataset, fidelity_to_teacher
-from prune_perception.eval.latency_benchmark import measure_backend_latency, measure_latency
+from prune_perception.eval.latency_benchmark import measure_latency
 from prune_perception.export.int8 import quantize_int8_qdq
 from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, quantize_int8_modelopt
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import write_json_atomic, write_text_atomic
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
 from prune_perception.models.yolox import build_yolox
-from prune_perception.runtime.backends import create_backend
 from prune_perception.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from prune_perception.runtime.backends.torch_backend import load_torch_model
 from prune_perception.runtime.class_names import default_class_names
@@ -430,7 +429,7 @@ class CompressionRun:
                 histories[plan.label] = json.loads(history.read_text()) if history.exists() else []
             if (folder / "int8_result.json").exists():
                 result = json.loads((folder / "int8_result.json").read_text())
-                int8_notes.append(f"{plan.label} (onnxruntime QDQ): {result['float_convs']}/{result['total_convs']} convs "
+                int8_notes.append(f"{plan.label} (onnxruntime QDQ): {len(result['float_nodes'])}/{result['total_convs']} convs "
                                   f"kept in float; score cosine {result['score_cosine']:.4f}, output cosine "
                                   f"{result['output_cosine']:.4f} (on {result['validation_images']} held-out calibration images)")
                 int8 = folder / "student_int8.onnx"
@@ -482,17 +481,10 @@ class CompressionRun:
         (what plain onnxruntime users deploy today), or None without an ONNX teacher of this input size."""
         evaluate = self.config.evaluate
         unique = {r.onnx: r for r in records if r.kind != "pruned"}  # pruned and distilled share the architecture
-        backends = {path: create_backend(path, "auto", "cpu", intra_op_threads=evaluate.latency_threads)
-                    for path in unique}
         as_given = self._teacher_as_given(evaluate.latency_threads)
-        if as_given is not None:
-            backends[AS_GIVEN] = as_given
-        try:
-            summaries = measure_backend_latency(backends, self.data.calibration[:4], runs=evaluate.latency_runs,
-                                                warmup=evaluate.latency_warmup)
-        finally:
-            for backend in backends.values():
-                backend.close()
+        summaries = measure_latency({path: path for path in unique}, self.data.calibration[:4], runs=evaluate.latency_runs,
+                                    warmup=evaluate.latency_warmup, device="cpu", intra_op_threads=evaluate.latency_threads,
+                                    loaded={AS_GIVEN: as_given} if as_given else None)
         teacher_p50 = summaries[records[0].onnx].p50_ms
         by_architecture = {r.name.replace(" pruned", " distilled"): r for r in records}
         for record in records:

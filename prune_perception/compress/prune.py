@@ -173,9 +173,8 @@ def prune_model(
         raise PruningError("taylor importance needs a loss_fn computed on data")
     if config.target_speedup is not None and measure_speedup is None:
         raise PruningError("target_speedup needs a measure_speedup callback that times the model")
-    if config.importance == "energy" and calibration is None:
-        raise PruningError("energy importance needs calibration images")
     statistics = ChannelStatistics(calibration) if calibration is not None else None
+    importance = make_importance(config.importance, statistics)  # before tracing: a bad choice fails early
     macs_before, params_before = count_macs_params(model, example_inputs)
     was_training = model.training
     model.eval()  # tracing must not update BatchNorm statistics with the example input
@@ -186,7 +185,7 @@ def prune_model(
         step_size = config.latency_search_step if config.target_speedup is not None else config.search_step
         steps = max(1, round(ratio / step_size))
     pruner = tp.pruner.BasePruner(
-        model, example_inputs, importance=make_importance(config.importance, statistics), global_pruning=config.global_pruning,
+        model, example_inputs, importance=importance, global_pruning=config.global_pruning,
         pruning_ratio=ratio, max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
         ignored_layers=protected_layers(model, config.round_to), round_to=config.round_to,
     )

@@ -21,13 +21,16 @@ def measure_latency(
     backend: str = "auto",
     device: str = "cpu",
     intra_op_threads: int = 0,
+    loaded: Mapping[str, Any] | None = None,
 ) -> dict[str, LatencySummary]:
     """Inference latency of each model (model call only, no pre/postprocessing).
 
     Every round runs each model once on the same input, in rotating order; onnxruntime sessions
-    do not spin between runs, so one model's idle threads do not slow the next.
+    do not spin between runs, so one model's idle threads do not slow the next. ``loaded``:
+    backends loaded with other options, timed in the same rounds (and closed like the others).
     """
     backends = {name: create_backend(path, backend, device, intra_op_threads=intra_op_threads) for name, path in models.items()}
+    backends.update(loaded or {})
     try:
         return measure_backend_latency(backends, inputs, runs, warmup)
     finally:

@@ -59,8 +59,6 @@ def _with_min_opset(path: Path, folder: Path) -> Path:
 @dataclass(frozen=True)
 class Int8Result:
     path: Path
-    float_convs: int
-    """Convolutions kept in float (with their activations) by the mixed-precision search."""
     total_convs: int
     output_cosine: float
     """Worst per-image cosine between the INT8 and FP32 outputs (whole output tensor)."""
@@ -75,16 +73,27 @@ class Int8Result:
     """Per convolution, 1 - score cosine against FP32 with only that conv (and its activation)
     quantized, where the search measured it."""
 
+    @property
+    def float_convs(self) -> int:
+        """Convolutions kept in float (with their activations) by the mixed-precision search."""
+        return len(self.float_nodes)
+
 
 ACTIVATIONS = ("Sigmoid", "Mul", "Relu", "LeakyRelu", "HardSigmoid", "HardSwish", "Clip")
 
 
+def tensor_readers(graph) -> dict[str, list]:
+    """Per tensor name of an ONNX graph, the nodes that read it."""
+    readers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    return readers
+
+
 def _conv_groups(model) -> tuple[list, dict[str, list[str]]]:
     """Conv nodes, and for each the names of the conv and of its activation (Sigmoid/Mul: SiLU)."""
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    consumers = tensor_readers(model.graph)
     convs = [n for n in model.graph.node if n.op_type == "Conv"]
     groups = {}
     for conv in convs:
@@ -144,21 +153,31 @@ def quantization_sensitivity(builder: QdqBuilder, groups: dict[str, list[str]], 
     when only that conv and its activation are quantized (its input, weights and output)."""
     from tqdm import tqdm
 
-    return {name: 1.0 - _score_agreement(builder.build(nodes), reference, inputs)
+    return {name: 1.0 - _agreement(builder.build(nodes), reference, inputs)[1]
             for name, nodes in tqdm(groups.items(), desc="INT8 sensitivity", disable=not progress, leave=False)}
 
 
-def _score_agreement(model, reference: Sequence[np.ndarray], inputs: Sequence[np.ndarray]) -> float:
-    """Worst per-image cosine of the detection scores of ``model`` against ``reference``."""
+def _agreement(model, reference: Sequence[np.ndarray], inputs: Sequence[np.ndarray]) -> tuple[float, float]:
+    """Worst per-image cosine of (whole output, detection scores) of ``model`` (a path or an
+    ``onnx.ModelProto``) against the ``reference`` outputs for ``inputs``."""
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    source = model.SerializeToString() if hasattr(model, "SerializeToString") else str(model)
+    session = onnxruntime.InferenceSession(source, providers=["CPUExecutionProvider"])
     name = session.get_inputs()[0].name
-    cosines = []
+    whole, scores = [], []
     for tensor, expected in zip(inputs, reference):
         actual = session.run(None, {name: tensor})[0][0]
-        cosines.append(_cosine(_scores(actual), _scores(expected)))
-    return min(cosines)
+        whole.append(_cosine(actual, expected))
+        scores.append(_cosine(_scores(actual), _scores(expected)))
+    return min(whole), min(scores)
+
+
+def _reference_outputs(model_path: Path, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    return [session.run(None, {session.get_inputs()[0].name: tensor})[0][0] for tensor in inputs]
 
 
 def _scores(output: np.ndarray) -> np.ndarray:
@@ -180,16 +199,7 @@ def split_calibration(fp32_path: Path, calibration_inputs: Sequence[np.ndarray])
 
 def output_agreement(fp32_path: Path, int8_path: Path, inputs: Sequence[np.ndarray]) -> tuple[float, float]:
     """Worst per-image cosine of (whole output, detection scores) between two YOLOX-layout models."""
-    import onnxruntime
-
-    sessions = [onnxruntime.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for p in (fp32_path, int8_path)]
-    name = sessions[0].get_inputs()[0].name
-    whole, scores = [], []
-    for tensor in inputs:
-        reference, quantized = (s.run(None, {name: tensor})[0][0] for s in sessions)
-        whole.append(_cosine(quantized, reference))
-        scores.append(_cosine(_scores(quantized), _scores(reference)))
-    return min(whole), min(scores)
+    return _agreement(int8_path, _reference_outputs(fp32_path, inputs), inputs)
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -222,7 +232,6 @@ def quantize_int8_qdq(
         calibration_inputs: preprocessed ``[1, 3, H, W]`` float32 tensors (a few dozen real images).
     """
     import onnx
-    import onnxruntime
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     if method not in CALIBRATION_METHODS:
@@ -235,11 +244,10 @@ def quantize_int8_qdq(
         builder = QdqBuilder(prepared, calibrate_on, metadata.input.name or "images", method, percentile, per_channel,
                              Path(folder))
         convs, groups = _conv_groups(onnx.load(str(prepared)))
-        session = onnxruntime.InferenceSession(str(prepared), providers=["CPUExecutionProvider"])
-        reference = [session.run(None, {session.get_inputs()[0].name: tensor})[0][0] for tensor in validate_on]
+        reference = _reference_outputs(prepared, validate_on)
         everything = [name for conv in convs for name in groups[conv.name]]
         full = builder.build(everything)
-        full_agreement = _score_agreement(full, reference, validate_on)
+        _, full_agreement = _agreement(full, reference, validate_on)
         sensitivity: dict[str, float] | None = None
         ranked: list[str] = []
         best = (full_agreement, 0, full)
@@ -250,7 +258,7 @@ def quantize_int8_qdq(
             for float_convs in [k for k in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if k <= limit]:
                 kept = {name for conv in ranked[:float_convs] for name in groups[conv]}
                 candidate = builder.build([name for name in everything if name not in kept])
-                agreement = _score_agreement(candidate, reference, validate_on)
+                _, agreement = _agreement(candidate, reference, validate_on)
                 LOGGER.info("INT8 with %d/%d convs in float: score cosine %.4f", float_convs, len(convs), agreement)
                 if agreement > best[0]:
                     best = (agreement, float_convs, candidate)
@@ -260,11 +268,8 @@ def quantize_int8_qdq(
         if scores < target_score_cosine:
             LOGGER.warning("INT8 agreement target %.3f not reached: best score cosine %.4f with %d convs in float",
                            target_score_cosine, scores, float_convs)
-        chosen_path = Path(folder) / "chosen.onnx"
-        onnx.save(chosen, str(chosen_path))
-        whole, scores = output_agreement(prepared, chosen_path, validate_on)
+        whole, scores = _agreement(chosen, reference, validate_on)
         with atomic_output(output_path) as tmp:
-            tmp.write_bytes(chosen_path.read_bytes())
+            onnx.save(chosen, str(tmp))
     write_sidecar(output_path, metadata)
-    return Int8Result(output_path, float_convs, len(convs), whole, scores, len(validate_on),
-                      tuple(ranked[:float_convs]), sensitivity)
+    return Int8Result(output_path, len(convs), whole, scores, len(validate_on), tuple(ranked[:float_convs]), sensitivity)

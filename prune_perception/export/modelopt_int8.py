@@ -123,11 +123,10 @@ def reading_convs(model_path: Path, convs: Sequence[str]) -> list[str]:
     """The Conv nodes that read the outputs of ``convs``, following any non-Conv nodes in between."""
     import onnx
 
+    from prune_perception.export.int8 import tensor_readers
+
     graph = onnx.load(str(model_path)).graph
-    readers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
+    readers = tensor_readers(graph)
     by_name = {node.name: node for node in graph.node}
     found, seen = [], set()
     frontier = [output for name in convs if name in by_name for output in by_name[name].output]
