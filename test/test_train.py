@@ -36,7 +36,7 @@ def samples(coco128_dir):
 
 @pytest.fixture(scope="module")
 def eval_batch(samples):
-    images = [letterbox(s, SIZE).image.transpose(2, 0, 1) for s in samples[:6]]
+    images = [letterbox(s, (SIZE, SIZE)).image.transpose(2, 0, 1) for s in samples[:6]]
     return torch.from_numpy(np.stack(images)).float()
 
 

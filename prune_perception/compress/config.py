@@ -38,7 +38,73 @@ class TeacherConfig:
 
 
 @dataclass(frozen=True)
+class InputSection:
+    """The network input: square ``teacher.input_size`` unless the camera (or an HxW) says otherwise
+    (:mod:`prune_perception.compress.input_shape`)."""
+
+    camera: str | None = None
+    """The deployment camera's resolution, WxH (e.g. 960x540): the input keeps its aspect."""
+    camera_bag: str | None = None
+    """Or read the camera resolution from this bag's camera topic."""
+    camera_topic: str | None = None
+    width: int | None = None
+    """Network input width for a camera (default teacher.input_size); the height keeps the aspect,
+    rounded up to a multiple of the largest stride."""
+    hw: str | None = None
+    """Or an explicit network input, HxW (e.g. 256x416)."""
+
+
+@dataclass(frozen=True)
+class ClassesSection:
+    keep: list[str | int] | None = None
+    """The teacher's classes the students keep (names or indices; null: all). The students predict
+    only these; their sidecars record each class's id in the teacher."""
+
+
+@dataclass(frozen=True)
+class LabelledSet:
+    """One labelled source: evaluated on its validation split, its training split trained on."""
+
+    name: str
+    path: str | list[str]
+    """A YOLO images folder (labels in the sibling 'labels' folder) or a COCO json; or a list of
+    them, read as one set (e.g. coco128 and a COCO json of more images)."""
+    images: str | None = None
+    """The images folder of a COCO json (default: 'images' beside the json)."""
+    classes: list[str | int] | None = None
+    """The teacher classes this set labels (names or indices; null: all). A detection of another
+    class is not an error on it: its AP covers these only."""
+    agnostic: bool = False
+    """Score every labelled class as one (labels that do not tell car, bus and truck apart reliably)."""
+    validation_fraction: float = 0.2
+    validation_match: str | None = None
+    """A regex on image file names: the matching images are the validation split (e.g. one camera
+    of several), whatever validation_fraction says."""
+    max_validation: int = 0
+    """At most this many validation images (0: all), evenly spaced."""
+    train: bool = True
+    """Train on its training split (images for distillation; labels only where label_weight > 0 and
+    the set labels every kept class)."""
+
+    def __post_init__(self) -> None:
+        import re
+
+        if not self.name or not self.path:
+            raise ValueError("a labelled set needs a name and a path")
+        if not 0 <= self.validation_fraction < 1:
+            raise ValueError(f"set {self.name}: validation_fraction must be in [0, 1), got {self.validation_fraction}")
+        if self.validation_match is not None:
+            try:
+                re.compile(self.validation_match)
+            except re.error as exc:
+                raise ValueError(f"set {self.name}: validation_match is not a regex: {exc}") from exc
+
+
+@dataclass(frozen=True)
 class DataConfig:
+    sets: list[LabelledSet] = field(default_factory=list)
+    """Labelled sources, each with its own classes and validation split (the driving recipe).
+    ``labelled``/``coco_json`` below is the one-set shorthand."""
     labelled: str | None = None
     """Images folder of a YOLO-txt dataset (labels in the sibling 'labels' folder)."""
     coco_json: str | None = None
@@ -52,6 +118,23 @@ class DataConfig:
     bag_topic: str | None = None
     fidelity_frames: int = 40
     """Frames of the unlabelled sources kept out of training to measure fidelity to the teacher."""
+    fidelity_sources: list[str] = field(default_factory=list)
+    """Videos, folders or bags used only for fidelity (never trained on); ``fidelity_frames`` of
+    them, evenly spaced. Empty: the last frames of ``unlabelled`` are held out instead."""
+
+    def __post_init__(self) -> None:
+        parsed = []
+        for index, item in enumerate(self.sets):
+            if isinstance(item, LabelledSet):
+                parsed.append(item)
+                continue
+            parsed.append(_build(LabelledSet, item, f"data.sets[{index}]."))
+        names = [item.name for item in parsed]
+        if len(set(names)) != len(names):
+            raise ValueError(f"data.sets names must be distinct, got {names}")
+        if parsed and (self.labelled or self.coco_json):
+            raise ValueError("give data.sets or data.labelled/coco_json, not both")
+        object.__setattr__(self, "sets", parsed)
 
 
 @dataclass(frozen=True)
@@ -175,6 +258,8 @@ class CompressConfig:
     seed: int = 0
     device: str = "cpu"
     teacher: TeacherConfig = TeacherConfig()
+    input: InputSection = InputSection()
+    classes: ClassesSection = ClassesSection()
     data: DataConfig = DataConfig()
     prune: PruneSection = PruneSection()
     train: TrainConfig = TrainConfig()
@@ -193,7 +278,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         raise ConfigError(f"unknown option(s) {', '.join(where + k for k in unknown)}; valid: {', '.join(sorted(fields))}")
     arguments = {}
     for name, value in values.items():
-        default = getattr(cls(), name) if name in fields else None
+        default = _field_default(fields[name])
         if dataclasses.is_dataclass(default):
             arguments[name] = _build(type(default), value or {}, f"{where}{name}.")
         elif isinstance(default, tuple) and isinstance(value, list):
@@ -204,6 +289,14 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
         return cls(**arguments)
     except (TypeError, ValueError, PrunePerceptionError) as exc:
         raise ConfigError(f"{where.rstrip('.') or 'configuration'}: {exc}") from exc
+
+
+def _field_default(item: dataclasses.Field) -> Any:
+    if item.default is not dataclasses.MISSING:
+        return item.default
+    if item.default_factory is not dataclasses.MISSING:
+        return item.default_factory()
+    return None
 
 
 def apply_override(data: dict[str, Any], assignment: str) -> None:

@@ -22,6 +22,7 @@ atomically.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import tempfile
@@ -29,35 +30,30 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import cv2
 import numpy as np
 import torch
 import yaml
 from torch import nn
 
 from prune_perception.compress.batchnorm import reparameterize_batchnorm
+from prune_perception.compress.class_subset import ClassSubset, resolve_classes, specialize_head
 from prune_perception.compress.config import CompressConfig, config_to_dict
+from prune_perception.compress.input_shape import InputShape, resolve_input_shape
 from prune_perception.compress.prune import count_macs_params, prune_model, save_pruned_checkpoint
 from prune_perception.compress.reconstruct import reconstruct_pruned
+from prune_perception.compress.run_data import CompressData, check_sources, load_run_data
 from prune_perception.compress.sparsity import SparsityMasks, sparsify
 from prune_perception.compress.train import Trainer
-from prune_perception.data.augment import Sample
-from prune_perception.data.datasets import (
-    LabelledImage,
-    iter_unlabelled_frames,
-    load_coco_json,
-    load_yolo_dataset,
-    split_dataset,
-)
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.eval.detector_eval import evaluate_on_dataset, fidelity_to_teacher
-from prune_perception.eval.latency_benchmark import measure_latency
+from prune_perception.eval.latency_benchmark import measure_backend_latency, measure_latency
 from prune_perception.export.int8 import quantize_int8_qdq
 from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, quantize_int8_modelopt
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import write_json_atomic, write_text_atomic
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
 from prune_perception.models.yolox import build_yolox
+from prune_perception.runtime.backends import create_backend
 from prune_perception.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from prune_perception.runtime.backends.torch_backend import load_torch_model
 from prune_perception.runtime.class_names import default_class_names
@@ -74,28 +70,30 @@ class ModelRecord:
     """One row of the report."""
 
     name: str
-    kind: str  # teacher | pruned | distilled | int8 | int8_modelopt
+    kind: str  # as_given | teacher | teacher_camera | pruned | distilled | int8 | int8_modelopt
     onnx: str
     channel_ratio: float = 0.0
     params: int | None = None
     macs: int | None = None
     file_mb: float = 0.0
+    input_hw: str = ""
     ap: float | None = None
+    """AP on the first validation set (the one the Pareto plot shows)."""
     ap50: float | None = None
+    ap_by_set: dict[str, float] = field(default_factory=dict)
+    ap50_by_set: dict[str, float] = field(default_factory=dict)
     per_class_ap: dict[str, float] = field(default_factory=dict)
     fidelity_ap: float | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
     speedup: float | None = None
+    """Against our export of the teacher at the run's square size (the row ``teacher``)."""
+    speedup_vs_given: float | None = None
+    """Against the teacher file as given, in a default onnxruntime session."""
+    previous: str | None = None
+    """The row this one is a step from (the ladder)."""
+    speedup_vs_previous: float | None = None
     notes: str = ""
-
-
-@dataclass
-class CompressData:
-    train_samples: list[Sample]
-    validation: list[LabelledImage]
-    fidelity_frames: list[np.ndarray]
-    calibration: list[np.ndarray]
 
 
 STAGES = ("prune", "distill", "export", "build-engine", "evaluate")
@@ -124,13 +122,32 @@ class CompressionRun:
         self.config = config
         self.progress = progress
         self.output_dir = Path(config.output_dir)
-        self.spec = InputSpec(width=config.teacher.input_size, height=config.teacher.input_size)
         self.class_names = tuple(config.teacher.class_names or default_class_names(config.teacher.num_classes))
         if len(self.class_names) != config.teacher.num_classes:
             raise PrunePerceptionError(
                 f"teacher.class_names has {len(self.class_names)} names for {config.teacher.num_classes} classes"
             )
+        # Everything that can be refused is refused here, before any work starts.
+        section = config.input
+        self.shape: InputShape = resolve_input_shape(
+            build_yolox(config.teacher.variant).config.strides, square=config.teacher.input_size, camera=section.camera,
+            camera_bag=section.camera_bag, camera_topic=section.camera_topic, network_width=section.width,
+            network_hw=section.hw)
+        self.subset: ClassSubset | None = (resolve_classes(config.classes.keep, self.class_names)
+                                           if config.classes.keep is not None else None)
+        check_sources(config, self.class_names, self.subset)
+        self.spec = InputSpec(width=self.shape.width, height=self.shape.height)
+        self.square_spec = InputSpec(width=config.teacher.input_size, height=config.teacher.input_size)
+        self.camera_shaped = self.spec != self.square_spec
+        self.student_names = self.subset.names if self.subset else self.class_names
         self.example = torch.zeros(1, 3, self.spec.height, self.spec.width)
+        self.augment = config.augment
+        if self.augment.input_hw != self.shape.hw:
+            LOGGER.info("augmentation works at the network input %dx%d (HxW), not augment.input_size %s",
+                        *self.shape.hw, config.augment.input_size)
+            self.augment = dataclasses.replace(config.augment, input_size=self.shape.hw)
+        LOGGER.info("network input %s%s", self.shape.describe(),
+                    f"; students keep {len(self.subset)} classes: {', '.join(self.subset.names)}" if self.subset else "")
         self._teacher: nn.Module | None = None
         self._data: CompressData | None = None
 
@@ -149,7 +166,16 @@ class CompressionRun:
 
     @property
     def teacher_onnx(self) -> Path:
-        return self.export(self.teacher, self.output_dir / "teacher" / "teacher.onnx")
+        """Our export of the teacher at the run's network input (the camera shape, if one is set)."""
+        if not self.camera_shaped:
+            return self.teacher_square_onnx
+        return self.export(self.teacher, self.output_dir / "teacher" / "teacher_camera.onnx", student=False)
+
+    @property
+    def teacher_square_onnx(self) -> Path:
+        """Our export of the teacher at ``teacher.input_size``, square: the ladder's second row."""
+        return self.export(self.teacher, self.output_dir / "teacher" / "teacher.onnx", student=False,
+                           spec=self.square_spec)
 
     @property
     def int8_calibration(self) -> list[np.ndarray]:
@@ -182,45 +208,18 @@ class CompressionRun:
         return model.eval()
 
     def load_data(self) -> CompressData:
-        data = self.config.data
-        labelled: list[LabelledImage] = []
-        if data.coco_json:
-            labelled, names = load_coco_json(data.coco_json, data.labelled)
-            if len(names) != len(self.class_names):
-                raise PrunePerceptionError(f"{data.coco_json} has {len(names)} categories, the teacher {len(self.class_names)}")
-        elif data.labelled:
-            labelled = load_yolo_dataset(data.labelled)
-        if data.max_labelled:
-            labelled = labelled[: data.max_labelled]
-        train_labelled, validation = split_dataset(labelled, data.validation_fraction, self.config.seed)
-        if self.config.evaluate.max_validation_images:
-            validation = validation[: self.config.evaluate.max_validation_images]
-        frames = list(iter_unlabelled_frames(data.unlabelled, data.unlabelled_max_frames, data.unlabelled_stride,
-                                             data.bag_topic)) if data.unlabelled else []
-        held_out = min(data.fidelity_frames, len(frames) // 4)
-        fidelity_frames = frames[len(frames) - held_out:] if held_out else []
-        training_frames = frames[: len(frames) - held_out]
-        cap = 2 * self.spec.width  # keep memory bounded; augmentation scales further anyway
-        samples = [_bounded(Sample(item.read(), item.boxes_xyxy.astype(np.float32), item.class_ids), cap)
-                   for item in train_labelled]
-        samples += [_bounded(Sample.unlabelled(frame), cap) for frame in training_frames]
-        if not samples:
-            raise PrunePerceptionError("no training images: set data.labelled and/or data.unlabelled")
-        if self.config.train.label_weight > 0 and not train_labelled:
-            raise PrunePerceptionError("train.label_weight > 0 needs labelled data (data.labelled)")
-        preprocessor = Preprocessor(self.spec)
-        rng = np.random.default_rng(self.config.seed)
-        wanted = max(self.config.export.int8_calibration_images, self.config.prune.calibration_images)
-        picks = rng.permutation(len(samples))[:wanted]
-        calibration = [preprocessor(samples[i].image)[0] for i in picks]
-        LOGGER.info("data: %d training images (%d labelled), %d validation, %d fidelity frames",
-                    len(samples), len(train_labelled), len(validation), len(fidelity_frames))
-        return CompressData(samples, validation, fidelity_frames, calibration)
+        return load_run_data(self.config, self.spec, self.class_names, self.subset, progress=self.progress)
 
-    def export(self, model: nn.Module, path: Path) -> Path:
+    def export(self, model: nn.Module, path: Path, student: bool = True, spec: InputSpec | None = None) -> Path:
+        """``model`` as ONNX at ``spec`` (default: the run's input); a student's sidecar names the
+        classes it keeps, with their ids in the teacher."""
         if not path.exists():
-            export_onnx(model, path, self.class_names, self.spec, sample_inputs=self.data.calibration[:2],
-                        decode_in_graph=self.config.export.decode_in_graph)
+            spec = spec or self.spec
+            samples = self.data.calibration[:2] if spec == self.spec else ()
+            subset = self.subset if student else None
+            export_onnx(model, path, self.student_names if student else self.class_names, spec, sample_inputs=samples,
+                        decode_in_graph=self.config.export.decode_in_graph,
+                        class_ids=subset.teacher_ids if subset else None)
         return path
 
     def _require(self, path: Path, stage: str) -> Path:
@@ -236,7 +235,9 @@ class CompressionRun:
     def stage_prune(self) -> None:
         """Every student, pruned (or made sparse) from the teacher: ``pruned.pt`` and ``pruned.onnx``."""
         self._write_config()
-        LOGGER.info("teacher exported to %s (the reference of the report, by the same exporter)", self.teacher_onnx)
+        LOGGER.info("teacher exported to %s (the reference of the report, by the same exporter)", self.teacher_square_onnx)
+        if self.camera_shaped:
+            LOGGER.info("teacher at the camera shape: %s (what the students are measured against)", self.teacher_onnx)
         for plan in self.plans():
             folder = self.output_dir / plan.label
             student = self.make_sparse(plan, folder) if plan.sparsity else self.prune(plan, folder)
@@ -250,6 +251,8 @@ class CompressionRun:
         teacher, data = self.teacher, self.data
         student = build_yolox(self.config.teacher.variant, self.config.teacher.num_classes)
         student.load_state_dict(teacher.state_dict())
+        if self.subset is not None:
+            specialize_head(student, self.subset)
         section = self.config.prune
         loss_fn = self._taylor_loss(teacher, data) if section.importance == "taylor" else None
         meter = self._speedup_meter(folder) if section.target_speedup else None
@@ -275,6 +278,8 @@ class CompressionRun:
             return load_torch_model(path)
         folder.mkdir(parents=True, exist_ok=True)
         student = copy.deepcopy(self.teacher)
+        if self.subset is not None:
+            specialize_head(student, self.subset)
         masks = sparsify(student, plan.sparsity, self.config.prune.sparsity_amount)
         write_json_atomic(folder / "sparsity.json", {"before_training": masks.summary(student)})
         save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs())
@@ -295,7 +300,7 @@ class CompressionRun:
             with tempfile.TemporaryDirectory(dir=folder) as scratch:
                 candidate = Path(scratch) / f"candidate{suffix}"
                 if suffix == ".onnx":
-                    export_onnx(model, candidate, self.class_names, self.spec, sample_inputs=inputs[:1])
+                    export_onnx(model, candidate, self.student_names, self.spec, sample_inputs=inputs[:1])
                 else:
                     save_pruned_checkpoint(candidate, model, FACTORY, self._factory_kwargs())
                 summaries = measure_latency({"teacher": reference, "candidate": candidate}, inputs,
@@ -330,8 +335,9 @@ class CompressionRun:
     def recover(self, student: nn.Module, plan: StudentPlan, folder: Path) -> nn.Module:
         masks = SparsityMasks.from_zeros(student, plan.sparsity) if plan.sparsity else None
         trainer = Trainer(copy.deepcopy(student), self.teacher, self.data.train_samples, self.config.train, folder / "train",
-                          self.config.augment, self.config.distill, self.config.device,
-                          weight_constraint=masks.apply if masks else None)
+                          self.augment, self.config.distill, self.config.device,
+                          weight_constraint=masks.apply if masks else None,
+                          teacher_classes=self.subset.teacher_ids if self.subset else None)
         result = trainer.fit(progress=self.progress)
         recovered = trainer.trained_model().cpu().eval()
         write_json_atomic(folder / "training_history.json", result.history)
@@ -391,7 +397,7 @@ class CompressionRun:
         notes = []
         sparse = {plan.label for plan in self.plans() if plan.sparsity == "2:4"}
         for record in self.collect_records()[0]:
-            if record.kind == "pruned":
+            if record.kind in ("pruned", "as_given"):
                 continue
             engine = Path(record.onnx).with_suffix(".engine")
             if not engine.exists():
@@ -405,10 +411,28 @@ class CompressionRun:
 
     # ----------------------------------------------------------------- stage: evaluate
     def collect_records(self) -> tuple[list[ModelRecord], dict[str, list], list[str], list[str]]:
-        """The models on disk (teacher first), their training histories, and INT8 and sparsity notes."""
-        teacher_onnx = self._require(self.output_dir / "teacher" / "teacher.onnx", "prune")
-        macs, params = count_macs_params(self.teacher, self.example)
-        records = [ModelRecord("teacher", "teacher", str(teacher_onnx), 0.0, params, macs, _mb(teacher_onnx))]
+        """The models on disk as the report's ladder, and their training histories, INT8 and sparsity notes:
+        the teacher file as given, our export of it, our export at the camera shape, then every student
+        (pruned, recovered, INT8)."""
+        square = self._require(self.output_dir / "teacher" / "teacher.onnx", "prune")
+        hw = f"{self.spec.height}x{self.spec.width}"
+        square_hw = f"{self.square_spec.height}x{self.square_spec.width}"
+        records = []
+        given = self.config.teacher.onnx
+        if given and Path(given).exists():
+            given_hw = _static_input_hw(Path(given)) or square_hw
+            records.append(ModelRecord(AS_GIVEN, "as_given", str(given), 0.0, file_mb=_mb(Path(given)),
+                                       input_hw=given_hw, notes="the file as given, onnxruntime default session"))
+        square_macs, params = count_macs_params(self.teacher, torch.zeros(1, 3, *self.square_spec_hw))
+        records.append(ModelRecord("teacher", "teacher", str(square), 0.0, params, square_macs, _mb(square),
+                                   input_hw=square_hw, previous=records[-1].name if records else None,
+                                   notes="our export, our onnxruntime backend"))
+        macs, _ = count_macs_params(self.teacher, self.example)
+        if self.camera_shaped:
+            camera = self._require(self.output_dir / "teacher" / "teacher_camera.onnx", "prune")
+            records.append(ModelRecord("teacher camera", "teacher_camera", str(camera), 0.0, params, macs, _mb(camera),
+                                       input_hw=hw, previous="teacher", notes=f"input {self.shape.describe()}"))
+        reference = records[-1].name
         histories: dict[str, list] = {}
         int8_notes: list[str] = []
         sparsity_notes: list[str] = []
@@ -418,13 +442,15 @@ class CompressionRun:
             macs, params = count_macs_params(load_torch_model(folder / "pruned.pt"), self.example)
             ratio = plan.ratio if plan.ratio is not None else _searched_ratio(folder / "pruning.json")
             refit = ", least-squares refitted" if self.config.prune.reconstruct and not plan.sparsity else ""
-            records.append(ModelRecord(f"{plan.label} pruned", "pruned", str(pruned), ratio, params, macs, _mb(pruned),
+            common = {"channel_ratio": ratio, "params": params, "macs": macs, "input_hw": hw}
+            records.append(ModelRecord(f"{plan.label} pruned", "pruned", str(pruned), file_mb=_mb(pruned),
+                                       previous=reference, **common,
                                        notes=("sparse, before training" if plan.sparsity else "before training") + refit
                                        + _speedup_search_note(folder / "pruning.json", self.config.prune.latency_backend)))
             student = folder / "student.onnx"
             if student.exists():
-                records.append(ModelRecord(f"{plan.label} distilled", "distilled", str(student), ratio, params, macs,
-                                           _mb(student)))
+                records.append(ModelRecord(f"{plan.label} distilled", "distilled", str(student), file_mb=_mb(student),
+                                           previous=reference, **common))
                 history = folder / "training_history.json"
                 histories[plan.label] = json.loads(history.read_text()) if history.exists() else []
             if (folder / "int8_result.json").exists():
@@ -433,7 +459,8 @@ class CompressionRun:
                                   f"kept in float; score cosine {result['score_cosine']:.4f}, output cosine "
                                   f"{result['output_cosine']:.4f} (on {result['validation_images']} held-out calibration images)")
                 int8 = folder / "student_int8.onnx"
-                records.append(ModelRecord(f"{plan.label} int8", "int8", str(int8), ratio, params, macs, _mb(int8)))
+                records.append(ModelRecord(f"{plan.label} int8", "int8", str(int8), file_mb=_mb(int8),
+                                           previous=f"{plan.label} distilled", **common))
             if (folder / "modelopt_result.json").exists():
                 result = json.loads((folder / "modelopt_result.json").read_text())
                 int8_notes.append(f"{plan.label} (ModelOpt Q/DQ for TensorRT, {result['method']} calibration): "
@@ -441,8 +468,9 @@ class CompressionRun:
                                   f"{result['score_cosine']:.4f}, output cosine {result['output_cosine']:.4f}. Its "
                                   "onnxruntime CPU latency is not TensorRT's")
                 modelopt = folder / "student_int8_modelopt.onnx"
-                records.append(ModelRecord(f"{plan.label} int8 modelopt", "int8_modelopt", str(modelopt), ratio, params,
-                                           macs, _mb(modelopt), notes="TensorRT-targeted Q/DQ"))
+                records.append(ModelRecord(f"{plan.label} int8 modelopt", "int8_modelopt", str(modelopt),
+                                           file_mb=_mb(modelopt), previous=f"{plan.label} distilled", **common,
+                                           notes="TensorRT-targeted Q/DQ"))
             if plan.sparsity and (folder / "sparsity.json").exists():
                 summary = json.loads((folder / "sparsity.json").read_text())
                 latest = summary.get("after_training", summary["before_training"])
@@ -452,6 +480,10 @@ class CompressionRun:
                     f"of all conv weights are zero{' after training' if 'after_training' in summary else ''}")
         return records, histories, int8_notes, sparsity_notes
 
+    @property
+    def square_spec_hw(self) -> tuple[int, int]:
+        return self.square_spec.height, self.square_spec.width
+
     def stage_evaluate(self) -> dict[str, Any]:
         """Accuracy, fidelity and interleaved latency of every model on disk; the report."""
         from prune_perception.eval.compress_report import write_compress_report
@@ -459,55 +491,72 @@ class CompressionRun:
         records, histories, int8_notes, sparsity_notes = self.collect_records()
         for record in records:
             self.evaluate(record)
-        teacher_as_given = self.measure_latency(records)
+        self.measure_latency(records)
         engines_file = self.output_dir / "engines.json"
         engines = json.loads(engines_file.read_text()) if engines_file.exists() else [
             "TensorRT engines: not built yet (prune-perception build-engine)"]
+        run_facts = {"input": self.shape.to_dict(), "classes": self.subset.to_dict() if self.subset else None,
+                     "validation": [{"name": v.name, "images": len(v.items), "agnostic": v.agnostic,
+                                     "classes": [self.class_names[i] for i in v.classes] if v.classes else "all"}
+                                    for v in self.data.validation],
+                     "training_images": len(self.data.train_samples), "fidelity_frames": len(self.data.fidelity_frames)}
         return write_compress_report(self.output_dir, records, histories, config_to_dict(self.config), int8_notes,
-                                     engines, sparsity_notes, teacher_as_given)
+                                     engines, sparsity_notes, run_facts)
 
     def evaluate(self, record: ModelRecord) -> None:
         data = self.data
-        if data.validation:
-            metrics = evaluate_on_dataset(record.onnx, data.validation, progress=self.progress)
-            record.ap, record.ap50, record.per_class_ap = metrics.ap, metrics.ap50, metrics.per_class_ap
-        if data.fidelity_frames and record.kind != "teacher":
+        for validation in data.validation:
+            metrics = evaluate_on_dataset(record.onnx, validation.items, progress=self.progress,
+                                          classes=validation.classes, agnostic=validation.agnostic)
+            record.ap_by_set[validation.name], record.ap50_by_set[validation.name] = metrics.ap, metrics.ap50
+            if validation is data.validation[0]:
+                record.ap, record.ap50, record.per_class_ap = metrics.ap, metrics.ap50, metrics.per_class_ap
+        if data.fidelity_frames and record.kind not in ("as_given", "teacher", "teacher_camera"):
             record.fidelity_ap = fidelity_to_teacher(record.onnx, self.teacher_onnx, data.fidelity_frames,
                                                      progress=self.progress).ap
 
-    def measure_latency(self, records: list[ModelRecord]) -> dict[str, Any] | None:
-        """Every model's latency, interleaved in one run, into its record. Returns the latency of
-        the teacher's ONNX file as given, in a default onnxruntime session, timed in the same run
-        (what plain onnxruntime users deploy today), or None without an ONNX teacher of this input size."""
+    def measure_latency(self, records: list[ModelRecord]) -> None:
+        """Every model's latency, interleaved in one run, each on real frames preprocessed for its own
+        input; the speed-ups against the teacher, the file as given and the row above."""
         evaluate = self.config.evaluate
-        unique = {r.onnx: r for r in records if r.kind != "pruned"}  # pruned and distilled share the architecture
-        as_given = self._teacher_as_given(evaluate.latency_threads)
-        summaries = measure_latency({path: path for path in unique}, self.data.calibration[:4], runs=evaluate.latency_runs,
-                                    warmup=evaluate.latency_warmup, device="cpu", intra_op_threads=evaluate.latency_threads,
-                                    loaded={AS_GIVEN: as_given} if as_given else None)
-        teacher_p50 = summaries[records[0].onnx].p50_ms
-        by_architecture = {r.name.replace(" pruned", " distilled"): r for r in records}
+        threads = evaluate.latency_threads
+        frames = [sample.image for sample in self.data.train_samples[:: max(1, len(self.data.train_samples) // 4)][:4]]
+        by_shape: dict[str, list[np.ndarray]] = {}
+        backends: dict[str, Any] = {}
+        inputs: dict[str, list[np.ndarray]] = {}
         for record in records:
-            source = record if record.kind != "pruned" else by_architecture.get(record.name.replace(" pruned", " distilled"), record)
+            if record.kind == "pruned" or record.onnx in backends:  # pruned and distilled share the architecture
+                continue
+            backend = (OnnxRuntimeBackend(record.onnx, device="cpu", intra_op_threads=threads, fuse_silu=True)
+                       if record.kind == "as_given" else create_backend(record.onnx, "onnxruntime", "cpu",
+                                                                        intra_op_threads=threads))
+            backends[record.onnx] = backend
+            if record.input_hw not in by_shape:
+                height, width = (int(v) for v in record.input_hw.split("x"))
+                preprocessor = Preprocessor(InputSpec(width=width, height=height))
+                by_shape[record.input_hw] = [preprocessor(frame)[0] for frame in frames]
+            inputs[record.onnx] = by_shape[record.input_hw]
+        try:
+            summaries = measure_backend_latency(backends, inputs, runs=evaluate.latency_runs, warmup=evaluate.latency_warmup)
+        finally:
+            for backend in backends.values():
+                backend.close()
+        by_name = {record.name: record for record in records}
+        for record in records:
+            source = by_name.get(record.name.replace(" pruned", " distilled"), record) if record.kind == "pruned" else record
             summary = summaries.get(source.onnx)
             if summary is not None:
                 record.latency_p50_ms, record.latency_p99_ms = summary.p50_ms, summary.p99_ms
-                record.speedup = teacher_p50 / summary.p50_ms
-        if AS_GIVEN not in summaries:
-            return None
-        given = summaries[AS_GIVEN]
-        return {"onnx": str(self.config.teacher.onnx), "latency_p50_ms": given.p50_ms, "latency_p99_ms": given.p99_ms,
-                "teacher_speedup": given.p50_ms / teacher_p50}
-
-    def _teacher_as_given(self, threads: int) -> OnnxRuntimeBackend | None:
-        onnx_path = self.config.teacher.onnx
-        if not onnx_path or not Path(onnx_path).exists():
-            return None
-        backend = OnnxRuntimeBackend(onnx_path, device="cpu", intra_op_threads=threads, fuse_silu=True)
-        if backend.input_shape() not in (None, tuple(self.data.calibration[0].shape)):
-            backend.close()  # a fixed input size other than the run's: not comparable
-            return None
-        return backend
+        teacher = by_name["teacher"].latency_p50_ms
+        given = by_name[AS_GIVEN].latency_p50_ms if AS_GIVEN in by_name else None
+        for record in records:
+            if not record.latency_p50_ms:
+                continue
+            record.speedup = teacher / record.latency_p50_ms
+            record.speedup_vs_given = given / record.latency_p50_ms if given else None
+            previous = by_name.get(record.previous or "")
+            if previous is not None and previous.latency_p50_ms:
+                record.speedup_vs_previous = previous.latency_p50_ms / record.latency_p50_ms
 
     # ----------------------------------------------------------------- the whole run
     def _write_config(self) -> None:
@@ -529,15 +578,13 @@ class CompressionRun:
         return self.stage_evaluate()
 
 
-def _bounded(sample: Sample, longest_side: int) -> Sample:
-    """The sample resized so that its longest side is at most ``longest_side`` (boxes scaled too)."""
-    height, width = sample.image.shape[:2]
-    scale = longest_side / max(height, width)
-    if scale >= 1:
-        return sample
-    size = (int(round(width * scale)), int(round(height * scale)))
-    image = cv2.resize(sample.image, size, interpolation=cv2.INTER_AREA)
-    return Sample(image, sample.boxes_xyxy * scale, sample.class_ids, sample.labelled)
+def _static_input_hw(path: Path) -> str | None:
+    """``HxW`` of an ONNX file's fixed image input, or None where it is dynamic."""
+    import onnx
+
+    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
+    values = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
+    return f"{values[2]}x{values[3]}" if len(values) == 4 and all(values[2:]) else None
 
 
 def _mb(path: Path) -> float:

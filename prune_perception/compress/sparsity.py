@@ -33,7 +33,7 @@ SPARSITY_RUNTIME_NOTE = (
     "them at the dense speed: the measured speed-up is about 1.0x by construction. 2:4 sparsity pays "
     "off only in TensorRT on sparse tensor cores (Ampere or newer, built with SPARSE_WEIGHTS), for the "
     "layers TensorRT times faster as sparse; depthwise layers (most of YOLOX-Nano's) cannot hold the "
-    "pattern and stay dense. No TensorRT was available to measure that gain here. Unstructured "
+    "pattern and stay dense. Unstructured "
     "sparsity is not accelerated by any runtime used here."
 )
 

@@ -26,6 +26,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from prune_perception.compress.class_subset import select_teacher_classes
 from prune_perception.compress.losses import DistillConfig, detection_loss, distillation_loss, feature_adapters
 from prune_perception.data.augment import AugmentConfig, Sample, augment
 from prune_perception.errors import PrunePerceptionError
@@ -138,6 +139,8 @@ class Trainer:
         output_dir: where the checkpoint is written and from where a run resumes.
         weight_constraint: applied to the student after every optimizer step (e.g. re-zeroing
             the masked weights of a sparse model, so that the zeros survive training).
+        teacher_classes: for a student specialized to some of the teacher's classes, their
+            indices in the teacher: distillation reads the teacher's scores for those only.
     """
 
     def __init__(
@@ -151,6 +154,7 @@ class Trainer:
         distill_config: DistillConfig = DistillConfig(),
         device: str = "cpu",
         weight_constraint: Callable[[nn.Module], None] | None = None,
+        teacher_classes: Sequence[int] | None = None,
     ) -> None:
         if config.distill_weight > 0 and teacher is None:
             raise PrunePerceptionError("distillation needs a teacher")
@@ -161,6 +165,7 @@ class Trainer:
         self.output_dir = Path(output_dir)
         self.samples = samples
         self.weight_constraint = weight_constraint
+        self.teacher_classes = tuple(teacher_classes) if teacher_classes is not None else None
         self.rank, self.world_size = init_distributed_from_env()
         self.student = student.to(self.device)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
@@ -253,6 +258,8 @@ class Trainer:
         if self.config.distill_weight > 0:
             with torch.no_grad():
                 teacher_levels = self.teacher.logits(images)
+                if self.teacher_classes is not None:
+                    teacher_levels = select_teacher_classes(teacher_levels, self.teacher_classes)
                 teacher_features = self.teacher.features(images) if self.adapters is not None else ()
             student_features = self.student.features(images) if self.adapters is not None else ()
             loss, distill_parts = distillation_loss(levels, teacher_levels, self.distill_config, student_features,

@@ -17,7 +17,8 @@ from prune_perception.runtime.preprocess import letterbox_geometry
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    input_size: int = 416
+    input_size: int | tuple[int, int] = 416
+    """The network input: a square side, or (height, width) for a camera-shaped input."""
     mosaic_probability: float = 0.5
     flip_probability: float = 0.5
     scale_range: tuple[float, float] = (0.5, 1.5)
@@ -26,6 +27,14 @@ class AugmentConfig:
     """Maximum relative change of hue, saturation and value."""
     pad_value: int = 114
     min_box_size: float = 2.0
+
+    @property
+    def input_hw(self) -> tuple[int, int]:
+        """(height, width) of the network input."""
+        if isinstance(self.input_size, int):
+            return self.input_size, self.input_size
+        height, width = self.input_size
+        return int(height), int(width)
 
 
 @dataclass
@@ -41,30 +50,35 @@ class Sample:
         return cls(image, np.zeros((0, 4), np.float32), np.zeros(0, np.int64), labelled=False)
 
 
-def letterbox(sample: Sample, size: int, pad_value: int = 114) -> Sample:
-    """Resize keeping the aspect ratio into the top-left of a ``size`` square (as the runtime does)."""
+def letterbox(sample: Sample, hw: tuple[int, int], pad_value: int = 114) -> Sample:
+    """Resize keeping the aspect ratio into the top-left of an ``hw`` (height, width) canvas, as the
+    runtime does."""
+    out_height, out_width = hw
     height, width = sample.image.shape[:2]
-    geometry = letterbox_geometry(width, height, InputSpec(width=size, height=size, pad_value=pad_value))
-    canvas = np.full((size, size, 3), pad_value, np.uint8)
+    geometry = letterbox_geometry(width, height, InputSpec(width=out_width, height=out_height, pad_value=pad_value))
+    canvas = np.full((out_height, out_width, 3), pad_value, np.uint8)
     canvas[: geometry.resized_height, : geometry.resized_width] = cv2.resize(
         sample.image, (geometry.resized_width, geometry.resized_height), interpolation=cv2.INTER_LINEAR
     )
     return Sample(canvas, sample.boxes_xyxy * geometry.scale, sample.class_ids, sample.labelled)
 
 
-def mosaic(samples: list[Sample], size: int, rng: np.random.Generator, pad_value: int = 114) -> Sample:
-    """Four images meeting at a random center of a ``2 size`` canvas (the affine step crops it)."""
-    canvas = np.full((2 * size, 2 * size, 3), pad_value, np.uint8)
-    center_x, center_y = (int(rng.uniform(0.5 * size, 1.5 * size)) for _ in range(2))
+def mosaic(samples: list[Sample], hw: tuple[int, int], rng: np.random.Generator, pad_value: int = 114) -> Sample:
+    """Four images, each letterboxed to ``hw``, meeting at a random center of a ``2 hw`` canvas (the
+    affine step crops it back to ``hw``)."""
+    size_y, size_x = hw
+    canvas = np.full((2 * size_y, 2 * size_x, 3), pad_value, np.uint8)
+    center_x = int(rng.uniform(0.5 * size_x, 1.5 * size_x))
+    center_y = int(rng.uniform(0.5 * size_y, 1.5 * size_y))
     boxes, classes = [], []
     for quadrant, sample in enumerate(samples[:4]):
         height, width = sample.image.shape[:2]
-        geometry = letterbox_geometry(width, height, InputSpec(width=size, height=size))
+        geometry = letterbox_geometry(width, height, InputSpec(width=size_x, height=size_y))
         w, h = geometry.resized_width, geometry.resized_height
         image = cv2.resize(sample.image, (w, h), interpolation=cv2.INTER_LINEAR)
         left, top = quadrant % 2 == 0, quadrant < 2  # which side of the center the image lies on
-        x1, x2 = (max(center_x - w, 0), center_x) if left else (center_x, min(center_x + w, 2 * size))
-        y1, y2 = (max(center_y - h, 0), center_y) if top else (center_y, min(center_y + h, 2 * size))
+        x1, x2 = (max(center_x - w, 0), center_x) if left else (center_x, min(center_x + w, 2 * size_x))
+        y1, y2 = (max(center_y - h, 0), center_y) if top else (center_y, min(center_y + h, 2 * size_y))
         source_x = w - (x2 - x1) if left else 0  # keep the part of the image next to the center
         source_y = h - (y2 - y1) if top else 0
         canvas[y1:y2, x1:x2] = image[source_y : source_y + (y2 - y1), source_x : source_x + (x2 - x1)]
@@ -72,22 +86,25 @@ def mosaic(samples: list[Sample], size: int, rng: np.random.Generator, pad_value
         boxes.append(sample.boxes_xyxy * geometry.scale + offset)
         classes.append(sample.class_ids)
     labelled = all(sample.labelled for sample in samples[:4])
-    return _clip(Sample(canvas, np.concatenate(boxes).astype(np.float32), np.concatenate(classes), labelled), 2 * size, 2 * size)
+    merged = Sample(canvas, np.concatenate(boxes).astype(np.float32), np.concatenate(classes), labelled)
+    return _clip(merged, 2 * size_x, 2 * size_y)
 
 
-def random_affine(sample: Sample, size: int, config: AugmentConfig, rng: np.random.Generator,
-                  source_size: int | None = None) -> Sample:
-    """Random scale about the source center and random translation, into a ``size`` square."""
-    source_size = source_size or size
+def random_affine(sample: Sample, hw: tuple[int, int], config: AugmentConfig, rng: np.random.Generator,
+                  source_hw: tuple[int, int] | None = None) -> Sample:
+    """Random scale about the source center and random translation, into an ``hw`` canvas."""
+    height, width = hw
+    source_height, source_width = source_hw or hw
     scale = rng.uniform(*config.scale_range)
-    shift_x, shift_y = rng.uniform(-config.translate, config.translate, 2) * size
+    shift_x, shift_y = rng.uniform(-config.translate, config.translate, 2) * np.array([width, height])
     matrix = np.array([[scale, 0, 0], [0, scale, 0]], np.float64)
     # scale about the source center, place that center at the output center plus the shift
-    matrix[:, 2] = [size / 2 + shift_x - scale * source_size / 2, size / 2 + shift_y - scale * source_size / 2]
-    image = cv2.warpAffine(sample.image, matrix, (size, size), flags=cv2.INTER_LINEAR,
+    matrix[:, 2] = [width / 2 + shift_x - scale * source_width / 2, height / 2 + shift_y - scale * source_height / 2]
+    image = cv2.warpAffine(sample.image, matrix, (width, height), flags=cv2.INTER_LINEAR,
                            borderValue=(config.pad_value,) * 3)
     boxes = sample.boxes_xyxy * scale + np.tile(matrix[:, 2], 2)
-    return _clip(Sample(image, boxes.astype(np.float32), sample.class_ids, sample.labelled), size, size, config.min_box_size)
+    return _clip(Sample(image, boxes.astype(np.float32), sample.class_ids, sample.labelled), width, height,
+                 config.min_box_size)
 
 
 def hsv_jitter(image: np.ndarray, gains: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
@@ -109,11 +126,12 @@ def horizontal_flip(sample: Sample) -> Sample:
 
 def augment(samples: list[Sample], config: AugmentConfig, rng: np.random.Generator) -> Sample:
     """One training sample from ``samples[0]`` (and, for mosaic, three more)."""
-    size = config.input_size
+    hw = config.input_hw
     if len(samples) >= 4 and rng.random() < config.mosaic_probability:
-        result = random_affine(mosaic(samples, size, rng, config.pad_value), size, config, rng, source_size=2 * size)
+        result = random_affine(mosaic(samples, hw, rng, config.pad_value), hw, config, rng,
+                               source_hw=(2 * hw[0], 2 * hw[1]))
     else:
-        result = random_affine(letterbox(samples[0], size, config.pad_value), size, config, rng)
+        result = random_affine(letterbox(samples[0], hw, config.pad_value), hw, config, rng)
     if rng.random() < config.flip_probability:
         result = horizontal_flip(result)
     if any(config.hsv_gains):

@@ -74,6 +74,43 @@ def load_coco_json(annotation_path: str | Path, images_dir: str | Path) -> tuple
     return items, [category["name"] for category in categories]
 
 
+def load_labelled_source(path: str | Path, images_dir: str | Path | None = None
+                         ) -> tuple[list[LabelledImage], list[str] | None]:
+    """A labelled source: a COCO json (its images in ``images_dir``, default ``images`` beside it)
+    with its category names, or a YOLO images folder (names: None, the ids are the model's).
+
+    Raises:
+        FrameSourceError: the path does not exist, or is neither a json nor an images folder.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FrameSourceError(f"labelled source {path} does not exist")
+    if path.suffix.lower() == ".json":
+        try:
+            return load_coco_json(path, images_dir or path.parent / "images")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise FrameSourceError(f"{path} is not a readable COCO detection json: {exc}") from exc
+    return load_yolo_dataset(path), None
+
+
+def split_by_name(items: Sequence[LabelledImage], pattern: str) -> tuple[list[LabelledImage], list[LabelledImage]]:
+    """(train, validation): the images whose file name matches ``pattern`` (a regex) are the
+    validation split, e.g. every frame of one camera never trained on."""
+    import re
+
+    expression = re.compile(pattern)
+    validation = [item for item in items if expression.search(item.path.name)]
+    train = [item for item in items if not expression.search(item.path.name)]
+    return train, validation
+
+
+def evenly_spaced(items: Sequence, count: int) -> list:
+    """At most ``count`` items spread over the whole sequence (0: all)."""
+    if not count or len(items) <= count:
+        return list(items)
+    return [items[int(i * len(items) / count)] for i in range(count)]
+
+
 def split_dataset(items: Sequence, validation_fraction: float, seed: int = 0) -> tuple[list, list]:
     """Deterministic (train, validation) split."""
     order = list(range(len(items)))

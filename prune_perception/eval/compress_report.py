@@ -28,70 +28,137 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 def write_compress_report(output_dir: Path, records: Sequence[Any], histories: dict[str, list[dict]],
                           config: dict[str, Any], int8_notes: Sequence[str], engine_notes: Sequence[str],
-                          sparsity_notes: Sequence[str] = (), teacher_as_given: dict[str, Any] | None = None,
-                          ) -> dict[str, Any]:
-    teacher = records[0]
+                          sparsity_notes: Sequence[str] = (), run_facts: dict[str, Any] | None = None,
+                          extra_sections: Sequence[str] = ()) -> dict[str, Any]:
+    """``report.md``/``report.json`` and the plots of one run. Every sentence is computed from it."""
+    run_facts = run_facts or {}
     rows = [asdict(record) for record in records]
+    by_name = {row["name"]: row for row in rows}
+    teacher = by_name.get("teacher camera", by_name.get("teacher", rows[0]))
     for row in rows:
-        row["ap_change_points"] = (
-            None if row["ap"] is None or teacher.ap is None else 100 * (row["ap"] - teacher.ap)
-        )
+        row["ap_change_points_by_set"] = {
+            name: 100 * (value - teacher["ap_by_set"][name])
+            for name, value in row["ap_by_set"].items() if _number(value) and _number(teacher["ap_by_set"].get(name))}
+        row["ap_change_points"] = (None if not _number(row["ap"]) or not _number(teacher["ap"])
+                                   else 100 * (row["ap"] - teacher["ap"]))
     int8_notes = [*int8_notes, *_int8_speed_notes(rows)]
+    sparse_note = f"{STRUCTURED_NOTE} {SPARSITY_RUNTIME_NOTE} {_sparse_engine_note(engine_notes, sparsity_notes)}"
+    given = by_name.get("teacher as given")
     summary = {
         "models": rows,
         "int8": list(int8_notes),
         "tensorrt": list(engine_notes),
-        "sparsity": {"students": list(sparsity_notes), "note": f"{STRUCTURED_NOTE} {SPARSITY_RUNTIME_NOTE}"},
-        "teacher_as_given": teacher_as_given,
+        "sparsity": {"students": list(sparsity_notes), "note": sparse_note.strip()},
+        "teacher_as_given": None if given is None else {
+            "onnx": given["onnx"], "latency_p50_ms": given["latency_p50_ms"], "latency_p99_ms": given["latency_p99_ms"],
+            "teacher_speedup": by_name["teacher"]["speedup_vs_given"]},
+        "run": run_facts,
         "config": config,
         "training": {name: history[-1] if history else None for name, history in histories.items()},
     }
     write_json_atomic(output_dir / "report.json", summary)
-    plot_pareto(records, output_dir / "pareto.png")
+    first_set = next(iter(rows[0]["ap_by_set"]), None) if rows else None
+    plot_pareto(records, output_dir / "pareto.png", first_set)
     if any(histories.values()):
         plot_training_curves(histories, output_dir / "training_curves.png")
 
+    sets = list(dict.fromkeys(name for row in rows for name in row["ap_by_set"]))
     table = [
-        "| model | channel ratio | params | MACs (G) | file MB | AP | AP50 | AP change (points) | fidelity AP | "
-        "latency p50 ms | latency p99 ms | speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | input HxW | params | MACs (G) | file MB | " + "".join(f"AP {name} | " for name in sets)
+        + "fidelity AP | p50 ms | p99 ms | vs as given | vs row above | vs teacher |",
+        "|---|---|---:|---:|---:|" + "---:|" * len(sets) + "---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
+        changes = row["ap_change_points_by_set"]
+        cells = "".join(
+            f"{_fmt(row['ap_by_set'].get(name))}"
+            + (f" ({changes[name]:+.1f})" if name in changes and row is not teacher and row["kind"] not in
+               ("as_given", "teacher") else "") + " | " for name in sets)
+        above = f"{_fmt(row['speedup_vs_previous'], 2)}x ({row['previous']})" if row["previous"] else "-"
         table.append(
-            f"| {row['name']} | {row['channel_ratio']:.2f} | {_fmt(row['params'])} | "
-            f"{_fmt(row['macs'] / 1e9 if row['macs'] else None, 3)} | {row['file_mb']:.2f} | {_fmt(row['ap'])} | "
-            f"{_fmt(row['ap50'])} | {_fmt(row['ap_change_points'], 1)} | {_fmt(row['fidelity_ap'])} | "
-            f"{_fmt(row['latency_p50_ms'], 2)} | {_fmt(row['latency_p99_ms'], 2)} | {_fmt(row['speedup'], 2)}x |"
+            f"| {row['name']} | {row['input_hw']} | {_fmt(row['params'])} | "
+            f"{_fmt(row['macs'] / 1e9 if row['macs'] else None, 3)} | {row['file_mb']:.2f} | {cells}"
+            f"{_fmt(row['fidelity_ap'])} | {_fmt(row['latency_p50_ms'], 2)} | {_fmt(row['latency_p99_ms'], 2)} | "
+            f"{_fmt(row['speedup_vs_given'], 2)}x | {above} | {_fmt(row['speedup'], 2)}x |"
         )
-    validation = config["data"]
+    validation = run_facts.get("validation", [])
+    described = "; ".join(f"**{v['name']}** ({v['images']} held-out images; "
+                          f"{'all classes' if v['classes'] == 'all' else ', '.join(v['classes'])}"
+                          f"{', class-agnostic' if v['agnostic'] else ''})" for v in validation) or "none"
+    shape = run_facts.get("input") or {}
+    classes = run_facts.get("classes")
     lines = [
         "# Compression report", "",
         f"Teacher: `{config['teacher']['onnx'] or config['teacher']['checkpoint']}` ({config['teacher']['variant']}). "
-        f"Accuracy: COCO AP on the held-out labelled split ({validation['validation_fraction']:.0%} of "
-        f"`{validation['labelled']}`). Fidelity: AP against the teacher's detections (score >= 0.3) on "
-        "unlabelled frames held out of training. Latency: model inference on onnxruntime CPU, all models "
-        "interleaved in one run; speed-up is the teacher's p50 over the model's.", "",
+        f"Network input of the students: {shape.get('height')}x{shape.get('width')} (HxW, {shape.get('source')}"
+        + (f", camera {shape['camera_width']}x{shape['camera_height']}" if shape.get("camera_width") else "") + "). "
+        + (f"The students keep {len(classes['names'])} of the teacher's classes: {', '.join(classes['names'])} "
+           f"(teacher ids {', '.join(map(str, classes['teacher_ids']))}, kept in their sidecars). " if classes else "")
+        + f"Trained on {run_facts.get('training_images', 'n/a')} images.", "",
+        f"Accuracy: COCO AP on each validation set, never trained on, each scored on the classes it labels: {described}. "
+        "AP changes in brackets are points against the teacher at the same input"
+        f"{' (teacher camera)' if 'teacher camera' in by_name else ''}. Fidelity: AP against that teacher's detections "
+        f"(score >= 0.3) on {run_facts.get('fidelity_frames', 0)} unlabelled frames held out of training. Latency: "
+        "model inference on onnxruntime CPU, every model interleaved in one run, each fed the same frames "
+        "preprocessed for its own input; speed-ups are p50 ratios.", "",
         *table, "",
-        *([_as_given_line(teacher_as_given, teacher.latency_p50_ms), ""] if teacher_as_given else []),
+        *_ladder_sentences(by_name), "",
         "![accuracy vs latency](pareto.png)", "",
+        *extra_sections,
         "## INT8", "",
         *(f"- {note}" for note in int8_notes or ["not run"]), "",
         "## TensorRT", "", *(f"- {note}" for note in engine_notes), "",
         "## Sparsity", "", *(f"- {note}" for note in sparsity_notes or ["no sparse student (prune.sparsity: null)"]), "",
-        STRUCTURED_NOTE, SPARSITY_RUNTIME_NOTE, "",
+        sparse_note.strip(), "",
     ]
     if any(histories.values()):
-        lines += ["## Training", "", "![training curves](training_curves.png)", ""]
+        lines += ["## Training", "", *_training_sentences(histories), "", "![training curves](training_curves.png)", ""]
     write_text_atomic(output_dir / "report.md", "\n".join(lines))
     return summary
 
 
-def _as_given_line(as_given: dict[str, Any], teacher_p50_ms: float | None) -> str:
-    return (f"The teacher row is this run's own export of the teacher, on prune_perception's onnxruntime backend. "
-            f"The teacher file as given (`{as_given['onnx']}`), in an onnxruntime session with default options, ran "
-            f"at {as_given['latency_p50_ms']:.2f} ms p50 (p99 {as_given['latency_p99_ms']:.2f}) in the same run, against "
-            f"{_fmt(teacher_p50_ms, 2)} ms: the deployment path alone is {as_given['teacher_speedup']:.2f}x faster. "
-            "Against the file as given, multiply every speed-up above by that factor.")
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not math.isnan(value)
+
+
+def _ladder_sentences(by_name: dict[str, dict[str, Any]]) -> list[str]:
+    """What each step of the ladder gained, from this run's measurements."""
+    sentences = []
+    given, teacher, camera = by_name.get("teacher as given"), by_name.get("teacher"), by_name.get("teacher camera")
+    if given and teacher and _number(teacher["speedup_vs_given"]):
+        sentences.append(f"- Our export of the same teacher on our backend: {teacher['speedup_vs_given']:.2f}x against "
+                         f"the file as given ({teacher['latency_p50_ms']:.2f} against {given['latency_p50_ms']:.2f} ms p50).")
+    if camera and _number(camera["speedup_vs_previous"]):
+        sentences.append(f"- The camera-shaped input ({camera['input_hw']}): {camera['speedup_vs_previous']:.2f}x against "
+                         f"the square export, {_fmt(camera['speedup_vs_given'], 2)}x against the file as given.")
+    best = max((row for row in by_name.values() if row["kind"] in ("distilled", "int8") and _number(row["speedup_vs_given"])),
+               key=lambda row: row["speedup_vs_given"], default=None)
+    if best is not None:
+        changes = ", ".join(f"{name} {value:+.1f}" for name, value in best["ap_change_points_by_set"].items())
+        sentences.append(f"- Fastest recovered model: {best['name']}, {best['speedup_vs_given']:.2f}x against the file "
+                         f"as given; AP change (points) against the teacher at its input: {changes or 'n/a'}.")
+    return sentences
+
+
+def _training_sentences(histories: dict[str, list[dict]]) -> list[str]:
+    sentences = []
+    for name, history in histories.items():
+        if not history:
+            continue
+        first, last = history[0], history[-1]
+        sentences.append(f"- {name}: {int(last['step']) + 1} steps, loss {first['loss']:.4f} at the first step, "
+                         f"{last['loss']:.4f} at the last.")
+    return sentences
+
+
+def _sparse_engine_note(engine_notes: Sequence[str], sparsity_notes: Sequence[str]) -> str:
+    """Whether this run could build the 2:4 engines that would show the sparse gain."""
+    if not sparsity_notes:
+        return ""
+    skipped = [note for note in engine_notes if note.startswith("TensorRT engines:")]
+    if skipped:
+        return f"This run built no TensorRT engine ({skipped[0].removeprefix('TensorRT engines: ')}), so that gain is unmeasured."
+    return "This run built TensorRT engines (listed above); time them on the target GPU to measure the sparse gain."
 
 
 def _int8_speed_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -108,14 +175,15 @@ def _int8_speed_notes(rows: Sequence[dict[str, Any]]) -> list[str]:
     return notes
 
 
-def plot_pareto(records: Sequence[Any], path: Path) -> None:
+def plot_pareto(records: Sequence[Any], path: Path, set_name: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(8, 5.5))
-    markers = {"teacher": ("*", "black"), "pruned": ("x", "tab:gray"), "distilled": ("o", "tab:blue"), "int8": ("s", "tab:orange"),
+    markers = {"as_given": ("P", "tab:brown"), "teacher": ("*", "black"), "teacher_camera": ("*", "tab:purple"),
+               "pruned": ("x", "tab:gray"), "distilled": ("o", "tab:blue"), "int8": ("s", "tab:orange"),
                "int8_modelopt": ("D", "tab:red")}
     points = []
     for record in records:
@@ -136,7 +204,7 @@ def plot_pareto(records: Sequence[Any], path: Path) -> None:
     unique = dict(zip(labels, handles))
     axis.legend(unique.values(), unique.keys())
     axis.set_xlabel("measured latency p50 (ms, onnxruntime CPU)")
-    axis.set_ylabel("COCO AP (held-out split)")
+    axis.set_ylabel(f"COCO AP, {set_name or 'held-out split'}")
     axis.set_title("accuracy against measured latency")
     axis.grid(alpha=0.3)
     figure.tight_layout()

@@ -38,16 +38,18 @@ def measure_latency(
             item.close()
 
 
-def measure_backend_latency(backends: Mapping[str, Any], inputs: Sequence[np.ndarray], runs: int = 50,
-                            warmup: int = 5) -> dict[str, LatencySummary]:
+def measure_backend_latency(backends: Mapping[str, Any], inputs: Sequence[np.ndarray] | Mapping[str, Sequence[np.ndarray]],
+                            runs: int = 50, warmup: int = 5) -> dict[str, LatencySummary]:
     """Inference latency of loaded backends (anything with ``infer(tensor)``), interleaved as in
-    :func:`measure_latency`."""
+    :func:`measure_latency`. ``inputs``: one list for all, or a list per backend name (models of
+    different input shapes, each fed the same frames preprocessed for it)."""
     names = list(backends)
+    per_model = inputs if isinstance(inputs, Mapping) else {name: inputs for name in names}
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(warmup + runs):
-        tensor = inputs[round_index % len(inputs)]
         shift = round_index % len(names)
         for name in names[shift:] + names[:shift]:
+            tensor = per_model[name][round_index % len(per_model[name])]
             start = time.perf_counter()
             backends[name].infer(tensor)
             elapsed_ms = (time.perf_counter() - start) * 1e3

@@ -67,6 +67,7 @@ def export_onnx(
     simplify: bool = True,
     sample_inputs: Sequence[np.ndarray] = (),
     parity_threshold: float = 1e-3,
+    class_ids: Sequence[int] | None = None,
 ) -> OnnxExportResult:
     """Export ``model`` (a YOLOX-layout detector) to ``output_path`` and write its sidecar.
 
@@ -76,6 +77,8 @@ def export_onnx(
         sample_inputs: preprocessed ``[1, 3, H, W]`` float32 tensors for the parity check (real
             images are best); a random tensor is used when none is given.
         parity_threshold: the largest accepted ``max |onnx - torch| / max |torch|``.
+        class_ids: for a model specialized to some of its teacher's classes, each class's id in the
+            teacher (recorded in the sidecar, so the node's numeric class ids keep their meaning).
 
     Raises:
         ExportParityError: the exported model disagrees with PyTorch; nothing is written.
@@ -132,6 +135,7 @@ def export_onnx(
         input=dataclasses.replace(input_spec, name=input_spec.name or "images"),
         decoder=DecoderSpec(strides=tuple(strides), decoded_in_graph=decode_in_graph, output_name="output"),
         class_names=tuple(class_names),
+        class_ids=tuple(int(i) for i in class_ids) if class_ids is not None else None,
     )
     sidecar = write_sidecar(output_path, metadata)
     LOGGER.info("exported %s: %d -> %d nodes, max |onnx - torch| = %.3g (%.3g relative)",

@@ -16,7 +16,8 @@ def detections_to_msg(detections: Detections, header: Header, class_id_format: s
 
     The array header and every detection header are the image's ``header``, so consumers can
     match detections to the frame they came from. ``class_id`` is the class name or, with
-    ``class_id_format="id"``, the numeric class id as text.
+    ``class_id_format="id"``, the numeric class id as text: for a model specialized to a subset of
+    its teacher's classes, the teacher's id (the sidecar's ``class_ids``), so ids keep their meaning.
     """
     array = Detection2DArray()
     array.header = header
@@ -24,9 +25,10 @@ def detections_to_msg(detections: Detections, header: Header, class_id_format: s
     centers = ((boxes[:, :2] + boxes[:, 2:]) / 2).tolist()
     sizes = (boxes[:, 2:] - boxes[:, :2]).tolist()
     class_ids = detections.class_ids.tolist()
+    published = detections.published_ids().tolist()
     scores = detections.scores.tolist()
     items = []
-    for (cx, cy), (width, height), class_id, score in zip(centers, sizes, class_ids, scores):
+    for (cx, cy), (width, height), class_id, number, score in zip(centers, sizes, class_ids, published, scores):
         detection = Detection2D()
         detection.header = header
         detection.bbox.center.position.x = cx
@@ -34,7 +36,7 @@ def detections_to_msg(detections: Detections, header: Header, class_id_format: s
         detection.bbox.size_x = width
         detection.bbox.size_y = height
         hypothesis = ObjectHypothesisWithPose()
-        hypothesis.hypothesis.class_id = detections.class_names[class_id] if class_id_format == "name" else str(class_id)
+        hypothesis.hypothesis.class_id = detections.class_names[class_id] if class_id_format == "name" else str(number)
         hypothesis.hypothesis.score = score
         detection.results = [hypothesis]
         items.append(detection)

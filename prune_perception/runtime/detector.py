@@ -131,7 +131,7 @@ class Detector:
         inferred = time.perf_counter()
         detections = postprocess(
             raw, self.decoder, geometry, self.metadata.class_names,
-            config.score_threshold, config.nms_threshold, config.max_detections,
+            config.score_threshold, config.nms_threshold, config.max_detections, self.metadata.class_ids,
         )
         done = time.perf_counter()
         timings = StageTimings(

@@ -16,8 +16,14 @@ Example sidecar::
                 "std": [1, 1, 1], "pad_value": 114, "letterbox_align": "top_left"},
       "decoder": {"type": "yolox", "strides": [8, 16, 32], "decoded_in_graph": false,
                   "output_name": "output"},
-      "class_names": ["person", "bicycle", "..."]
+      "class_names": ["person", "bicycle", "..."],
+      "class_ids": [0, 1, "..."]
     }
+
+``class_ids`` (optional) is each class's id in the model it was specialized from: a student that
+keeps person, car and truck of a COCO teacher has ``class_names ["person", "car", "truck"]`` and
+``class_ids [0, 2, 7]``, so numeric ids published by the node keep their meaning. Without it, a
+class's id is its index.
 """
 
 from __future__ import annotations
@@ -114,10 +120,25 @@ class ModelMetadata:
     engine: EngineInfo | None = None
     source: str = field(default="sidecar", compare=False)
     """``sidecar`` when read from a file, ``defaults`` when inferred from the model itself."""
+    class_ids: tuple[int, ...] | None = None
+    """Each class's id in the model this one was specialized from (None: its index)."""
+
+    def __post_init__(self) -> None:
+        if self.class_ids is not None:
+            if len(self.class_ids) != len(self.class_names):
+                raise ModelMetadataError(f"class_ids has {len(self.class_ids)} entries for {len(self.class_names)} "
+                                         "class_names")
+            if len(set(self.class_ids)) != len(self.class_ids) or any(i < 0 for i in self.class_ids):
+                raise ModelMetadataError(f"class_ids must be distinct non-negative integers, got {list(self.class_ids)}")
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def output_class_ids(self) -> tuple[int, ...]:
+        """The id published for each output class: ``class_ids``, or the index."""
+        return self.class_ids if self.class_ids is not None else tuple(range(len(self.class_names)))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -127,6 +148,8 @@ class ModelMetadata:
             "decoder": dataclasses.asdict(self.decoder),
             "class_names": list(self.class_names),
         }
+        if self.class_ids is not None:
+            data["class_ids"] = list(self.class_ids)
         if self.engine is not None:
             data["engine"] = dataclasses.asdict(self.engine)
         return data
@@ -140,7 +163,7 @@ class ModelMetadata:
             raise ModelMetadataError(
                 f"metadata format_version {version} is not supported (this runtime reads {FORMAT_VERSION})"
             )
-        unknown = set(data) - {"format_version", "model_sha256", "input", "decoder", "class_names", "engine"}
+        unknown = set(data) - {"format_version", "model_sha256", "input", "decoder", "class_names", "class_ids", "engine"}
         if unknown:
             raise ModelMetadataError(f"unknown metadata keys: {sorted(unknown)}")
         try:
@@ -153,6 +176,11 @@ class ModelMetadata:
                 decoder_data["strides"] = tuple(int(s) for s in decoder_data["strides"])
             class_names = tuple(str(name) for name in data["class_names"])
             engine = EngineInfo(**data["engine"]) if data.get("engine") else None
+            raw_ids = data.get("class_ids")
+            if raw_ids is not None and (not isinstance(raw_ids, list) or
+                                        not all(isinstance(i, int) and not isinstance(i, bool) for i in raw_ids)):
+                raise ModelMetadataError(f"class_ids must be a list of integers, got {raw_ids!r}")
+            class_ids = tuple(raw_ids) if raw_ids is not None else None
             metadata = cls(
                 input=InputSpec(**input_data),
                 decoder=DecoderSpec(**decoder_data),
@@ -160,6 +188,7 @@ class ModelMetadata:
                 model_sha256=data.get("model_sha256"),
                 engine=engine,
                 source=source,
+                class_ids=class_ids,
             )
         except KeyError as exc:
             raise ModelMetadataError(f"metadata is missing the required key {exc}") from exc

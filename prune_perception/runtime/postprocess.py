@@ -28,10 +28,21 @@ class Detections:
     scores: np.ndarray  # (N,) float32
     class_ids: np.ndarray  # (N,) int64
     class_names: Sequence[str]  # the model's whole class table, indexed by class id
+    source_ids: Sequence[int] | None = None
+    """Per class of the table, its id in the model it was specialized from (the metadata's
+    ``class_ids``); None: the index."""
 
     @classmethod
-    def empty(cls, class_names: Sequence[str]) -> "Detections":
-        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), class_names)
+    def empty(cls, class_names: Sequence[str], source_ids: Sequence[int] | None = None) -> "Detections":
+        return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), class_names,
+                   source_ids)
+
+    def published_ids(self) -> np.ndarray:
+        """(N,) the class id of each detection as published: its source id where the model was
+        specialized, else its index."""
+        if self.source_ids is None:
+            return self.class_ids
+        return np.asarray(self.source_ids, np.int64)[self.class_ids]
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -129,6 +140,7 @@ def postprocess(
     score_threshold: float,
     nms_threshold: float,
     max_detections: int,
+    source_ids: Sequence[int] | None = None,
 ) -> Detections:
     """Decode, threshold, NMS, and map the boxes back to the original image."""
     if raw.shape[-1] - 5 != len(class_names):
@@ -138,10 +150,11 @@ def postprocess(
     candidates = decoder.candidates(raw, score_threshold)
     keep = class_aware_nms(candidates.boxes_xyxy, candidates.scores, candidates.class_ids, nms_threshold, max_detections)
     if len(keep) == 0:
-        return Detections.empty(class_names)
+        return Detections.empty(class_names, source_ids)
     return Detections(
         boxes_xyxy=geometry.boxes_to_image(candidates.boxes_xyxy[keep]),
         scores=candidates.scores[keep],
         class_ids=candidates.class_ids[keep],
         class_names=class_names,
+        source_ids=source_ids,
     )
