@@ -166,9 +166,31 @@ class PruneSection:
     """Also one sparse student (dense shapes, teacher's channels): 2:4 or unstructured (null: none)."""
     sparsity_amount: float = 0.5
     """Zero fraction of unstructured sparsity (2:4 is always half)."""
+    allocation: str = "uniform"
+    """How target_speedup spreads the cut: ``uniform`` (the same channel ratio everywhere, stepped
+    until the measured speed-up reaches the target) or ``latency`` (per-group channel counts from a
+    sensitivity scan and a per-layer latency table, at the least estimated damage:
+    :mod:`prune_perception.compress.allocation`)."""
+    sensitivity_ratios: list[float] = field(default_factory=lambda: [0.3, 0.6])
+    """The ratios at which the scan probes each dependency group."""
+    sensitivity_images: int = 8
+    """Calibration images of the scan."""
+    drop_blocks: int = 0
+    """Remove this many residual blocks first, the gentlest by measured output damage ..."""
+    drop_block_names: list[str] = field(default_factory=list)
+    """... or these (e.g. backbone.backbone.dark4.1.m.0)."""
 
     def __post_init__(self) -> None:
         from prune_perception.compress.sparsity import SPARSITY_MODES
+
+        if self.allocation not in ("uniform", "latency"):
+            raise ValueError(f"allocation must be uniform or latency, got {self.allocation!r}")
+        if self.allocation == "latency" and not self.target_speedup:
+            raise ValueError("allocation latency needs target_speedup (the measured speed-up to reach)")
+        if self.drop_blocks < 0 or (self.drop_blocks and self.drop_block_names):
+            raise ValueError("give drop_blocks (a count >= 0) or drop_block_names, not both")
+        if not self.sensitivity_ratios or not all(0 < r < 1 for r in self.sensitivity_ratios):
+            raise ValueError(f"sensitivity_ratios must be in (0, 1), got {self.sensitivity_ratios}")
 
         if self.calibration_images < 1:
             raise ValueError("calibration_images must be >= 1")
@@ -211,6 +233,9 @@ class PruneSection:
     def prune_config(self, ratio: float | None):
         from prune_perception.compress.prune import PruneConfig
 
+        if self.allocation == "latency":  # the allocation's own PruneConfig is made once it is known
+            return PruneConfig(importance=self.importance, layer_ratios={}, round_to=self.round_to,
+                               max_layer_ratio=self.max_layer_ratio)
         return PruneConfig(
             importance=self.importance, channel_ratio=ratio, macs_fraction=self.macs_fraction,
             params_fraction=self.params_fraction, target_speedup=self.target_speedup,

@@ -35,13 +35,16 @@ import torch
 import yaml
 from torch import nn
 
+from prune_perception.compress.allocation import Allocation, LayerLatencyTable, allocate_to_target, conv_shapes
 from prune_perception.compress.batchnorm import reparameterize_batchnorm
+from prune_perception.compress.block_removal import rank_blocks, remove_blocks
 from prune_perception.compress.class_subset import ClassSubset, resolve_classes, specialize_head
 from prune_perception.compress.config import CompressConfig, config_to_dict
 from prune_perception.compress.input_shape import InputShape, resolve_input_shape
-from prune_perception.compress.prune import count_macs_params, prune_model, save_pruned_checkpoint
+from prune_perception.compress.prune import PruneConfig, count_macs_params, prune_model, save_pruned_checkpoint
 from prune_perception.compress.reconstruct import reconstruct_pruned
 from prune_perception.compress.run_data import CompressData, check_sources, load_run_data
+from prune_perception.compress.sensitivity import SensitivityScan, scan_sensitivity
 from prune_perception.compress.sparsity import SparsityMasks, sparsify
 from prune_perception.compress.train import Trainer
 from prune_perception.errors import PrunePerceptionError
@@ -52,7 +55,7 @@ from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, q
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import write_json_atomic, write_text_atomic
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
-from prune_perception.models.yolox import build_yolox
+from prune_perception.models.yolox import build_yolox, residual_blocks
 from prune_perception.runtime.backends import create_backend
 from prune_perception.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from prune_perception.runtime.backends.torch_backend import load_torch_model
@@ -228,8 +231,15 @@ class CompressionRun:
                                        f"(with the same configuration) first")
         return path
 
-    def _factory_kwargs(self) -> dict[str, Any]:
-        return {"variant": self.config.teacher.variant, "num_classes": self.config.teacher.num_classes}
+    def _factory_kwargs(self, model: nn.Module) -> dict[str, Any]:
+        """What rebuilds ``model``'s module tree before its pruned state loads: the variant, and the
+        residual blocks it no longer has."""
+        kwargs: dict[str, Any] = {"variant": self.config.teacher.variant, "num_classes": self.config.teacher.num_classes}
+        removed = [name for name in residual_blocks(build_yolox(self.config.teacher.variant))
+                   if isinstance(model.get_submodule(name), nn.Identity)]
+        if removed:
+            kwargs["removed_blocks"] = removed
+        return kwargs
 
     # ----------------------------------------------------------------- stage: prune
     def stage_prune(self) -> None:
@@ -249,40 +259,102 @@ class CompressionRun:
             return load_torch_model(path)
         folder.mkdir(parents=True, exist_ok=True)
         teacher, data = self.teacher, self.data
-        student = build_yolox(self.config.teacher.variant, self.config.teacher.num_classes)
-        student.load_state_dict(teacher.state_dict())
-        if self.subset is not None:
-            specialize_head(student, self.subset)
+        student = self.unpruned_student()
         section = self.config.prune
         loss_fn = self._taylor_loss(teacher, data) if section.importance == "taylor" else None
         meter = self._speedup_meter(folder) if section.target_speedup else None
         images = torch.from_numpy(np.concatenate(data.calibration[: section.calibration_images]))
-        result = prune_model(student, section.prune_config(plan.ratio), self.example, loss_fn=loss_fn,
-                             measure_speedup=meter, calibration=images if section.mean_compensation else None)
+        calibration = images if section.mean_compensation else None
+        rounds: list[dict[str, float]] = []
+        if section.allocation == "latency":
+            prune_config, rounds = self.allocate(student, meter, calibration)
+            meter = None
+        else:
+            prune_config = section.prune_config(plan.ratio)
+        result = prune_model(student, prune_config, self.example, loss_fn=loss_fn, measure_speedup=meter,
+                             calibration=calibration)
+        if rounds:
+            result.history[-1]["speedup"] = rounds[-1]["measured_speedup"]
         LOGGER.info("pruned: MACs %.1f%%, params %.1f%% of the teacher", 100 * result.macs_fraction, 100 * result.params_fraction)
         write_json_atomic(folder / "pruning.json", {
             "channel_ratio": result.channel_ratio, "macs_fraction": result.macs_fraction,
-            "params_fraction": result.params_fraction, "steps": result.history})
+            "params_fraction": result.params_fraction, "steps": result.history, "allocation": section.allocation,
+            "allocation_rounds": rounds, "dropped_blocks": list(self.dropped_blocks),
+            "channels": {name: m.out_channels for name, m in student.named_modules() if isinstance(m, nn.Conv2d)}})
         if section.reconstruct:
             fit = reconstruct_pruned(student, teacher, result.kept_output_channels, images, seed=self.config.seed)
             write_json_atomic(folder / "reconstruction.json", {
                 "layers": fit.layers, "mean_relative_error_before": fit.mean_error_before,
                 "mean_relative_error_after": fit.mean_error_after, "relative_error_before": fit.relative_error_before,
                 "relative_error_after": fit.relative_error_after})
-        save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs())
+        save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs(student))
         return student
+
+    def unpruned_student(self) -> nn.Module:
+        """The teacher's weights in the students' shape before any channel is cut: the kept classes
+        only, and the residual blocks ``prune.drop_blocks`` removes, removed."""
+        student = build_yolox(self.config.teacher.variant, self.config.teacher.num_classes)
+        student.load_state_dict(self.teacher.state_dict())
+        if self.subset is not None:
+            specialize_head(student, self.subset)
+        return remove_blocks(student, self.dropped_blocks) if self.dropped_blocks else student
+
+    @property
+    def dropped_blocks(self) -> list[str]:
+        """The residual blocks every student loses: named, or the gentlest ``drop_blocks`` by measured
+        output damage on calibration images (ranked once per run: ``blocks.json``)."""
+        section = self.config.prune
+        if section.drop_block_names or not section.drop_blocks:
+            return list(section.drop_block_names)
+        path = self.output_dir / "blocks.json"
+        if not path.exists():
+            model = build_yolox(self.config.teacher.variant, self.config.teacher.num_classes)
+            model.load_state_dict(self.teacher.state_dict())
+            images = torch.from_numpy(np.concatenate(self.data.calibration[: section.sensitivity_images]))
+            ranked = rank_blocks(model, images)
+            write_json_atomic(path, {"ranked": [asdict(block) for block in ranked],
+                                     "dropped": [block.name for block in ranked[: section.drop_blocks]]})
+        return list(json.loads(path.read_text())["dropped"])
+
+    def allocate(self, student: nn.Module, meter: Callable[[nn.Module], float],
+                 calibration: torch.Tensor | None) -> tuple[PruneConfig, list[dict[str, float]]]:
+        """Per-group channel counts that reach ``prune.target_speedup`` measured, at the least
+        estimated damage: the sensitivity scan (once per run), the per-layer latency table (cached
+        per backend), then greedy allocation verified by timing the pruned model."""
+        section = self.config.prune
+        scan_path = self.output_dir / "sensitivity.json"
+        if scan_path.exists():
+            scan = SensitivityScan.from_dict(json.loads(scan_path.read_text()))
+        else:
+            images = torch.from_numpy(np.concatenate(self.data.calibration[: section.sensitivity_images]))
+            scan = scan_sensitivity(student, images, section.sensitivity_ratios, section.round_to,
+                                    section.max_layer_ratio, progress=self.progress)
+            write_json_atomic(scan_path, scan.to_dict())
+        table = LayerLatencyTable(self.output_dir / "latency_table.json", threads=self.config.evaluate.latency_threads)
+        channels = {group.root: group.channels for group in scan.groups}
+
+        def config_for(allocation: Allocation) -> PruneConfig:
+            return PruneConfig(importance=section.importance, layer_ratios=allocation.ratios(channels),
+                               round_to=section.round_to, max_layer_ratio=section.max_layer_ratio)
+
+        def measure(allocation: Allocation) -> float:
+            trial = copy.deepcopy(student)
+            prune_model(trial, config_for(allocation), self.example, calibration=calibration)
+            return meter(trial)
+
+        allocation, rounds = allocate_to_target(scan, conv_shapes(student, self.example), table, section.target_speedup,
+                                                measure, section.round_to)
+        return config_for(allocation), rounds
 
     def make_sparse(self, plan: StudentPlan, folder: Path) -> nn.Module:
         path = folder / "pruned.pt"
         if path.exists():
             return load_torch_model(path)
         folder.mkdir(parents=True, exist_ok=True)
-        student = copy.deepcopy(self.teacher)
-        if self.subset is not None:
-            specialize_head(student, self.subset)
+        student = self.unpruned_student()
         masks = sparsify(student, plan.sparsity, self.config.prune.sparsity_amount)
         write_json_atomic(folder / "sparsity.json", {"before_training": masks.summary(student)})
-        save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs())
+        save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs(student))
         return student
 
     def _speedup_meter(self, folder: Path) -> Callable[[nn.Module], float]:
@@ -294,7 +366,7 @@ class CompressionRun:
         else:
             reference, suffix, device = self.output_dir / "teacher" / "teacher.pt", ".pt", self.config.device
             if not reference.exists():
-                save_pruned_checkpoint(reference, self.teacher, FACTORY, self._factory_kwargs())
+                save_pruned_checkpoint(reference, self.teacher, FACTORY, self._factory_kwargs(self.teacher))
 
         def measure(model: nn.Module) -> float:
             with tempfile.TemporaryDirectory(dir=folder) as scratch:
@@ -302,7 +374,7 @@ class CompressionRun:
                 if suffix == ".onnx":
                     export_onnx(model, candidate, self.student_names, self.spec, sample_inputs=inputs[:1])
                 else:
-                    save_pruned_checkpoint(candidate, model, FACTORY, self._factory_kwargs())
+                    save_pruned_checkpoint(candidate, model, FACTORY, self._factory_kwargs(model))
                 summaries = measure_latency({"teacher": reference, "candidate": candidate}, inputs,
                                             runs=evaluate.latency_runs, warmup=evaluate.latency_warmup,
                                             backend=section.latency_backend, device=device,
@@ -345,7 +417,7 @@ class CompressionRun:
             sparsity = json.loads((folder / "sparsity.json").read_text())
             sparsity["after_training"] = masks.summary(recovered)
             write_json_atomic(folder / "sparsity.json", sparsity)
-        save_pruned_checkpoint(folder / "student.pt", recovered, FACTORY, self._factory_kwargs())
+        save_pruned_checkpoint(folder / "student.pt", recovered, FACTORY, self._factory_kwargs(recovered))
         return recovered
 
     # ----------------------------------------------------------------- stage: export

@@ -55,6 +55,9 @@ class PruneConfig:
         iterative_steps: for ``channel_ratio``, reach it in this many steps (a callback may
             fine-tune between them). MACs/params targets always step in ``search_step`` increments.
         max_layer_ratio: no layer loses more than this fraction of its channels.
+        layer_ratios: per dependency group, named by its root convolution, the fraction of its
+            channels to remove (the other groups are left whole): a latency-aware allocation
+            (:mod:`allocation`).
     """
 
     importance: str = "l2"
@@ -68,14 +71,19 @@ class PruneConfig:
     max_layer_ratio: float = 0.9
     search_step: float = 0.02
     latency_search_step: float = 0.05
+    layer_ratios: dict[str, float] | None = None
 
     def __post_init__(self) -> None:
         if self.importance not in IMPORTANCE_CRITERIA:
             raise PruningError(f"importance must be one of {IMPORTANCE_CRITERIA}, got {self.importance!r}")
-        targets = [t for t in (self.channel_ratio, self.macs_fraction, self.params_fraction, self.target_speedup)
-                   if t is not None]
+        targets = [t for t in (self.channel_ratio, self.macs_fraction, self.params_fraction, self.target_speedup,
+                               self.layer_ratios) if t is not None]
         if len(targets) != 1:
-            raise PruningError("set exactly one of channel_ratio, macs_fraction, params_fraction, target_speedup")
+            raise PruningError("set exactly one of channel_ratio, macs_fraction, params_fraction, target_speedup, "
+                               "layer_ratios")
+        for name, ratio in (self.layer_ratios or {}).items():
+            if not 0 <= ratio < 1:
+                raise PruningError(f"layer_ratios[{name!r}] must be in [0, 1), got {ratio}")
         if self.target_speedup is not None and not self.target_speedup > 1:
             raise PruningError(f"target_speedup must be > 1, got {self.target_speedup}")
         if not 0 < self.latency_search_step < 1:
@@ -178,7 +186,15 @@ def prune_model(
     macs_before, params_before = count_macs_params(model, example_inputs)
     was_training = model.training
     model.eval()  # tracing must not update BatchNorm statistics with the example input
-    if config.channel_ratio is not None:
+    ratio_dict = None
+    if config.layer_ratios is not None:
+        modules = dict(model.named_modules())
+        unknown = sorted(set(config.layer_ratios) - set(modules))
+        if unknown:
+            raise PruningError(f"layer_ratios names layers the model does not have: {', '.join(unknown[:5])}")
+        ratio, steps = 0.0, 1
+        ratio_dict = {modules[name]: value for name, value in config.layer_ratios.items()}
+    elif config.channel_ratio is not None:
         ratio, steps = config.channel_ratio, config.iterative_steps
     else:
         ratio = config.max_layer_ratio
@@ -188,6 +204,7 @@ def prune_model(
         model, example_inputs, importance=importance, global_pruning=config.global_pruning,
         pruning_ratio=ratio, max_pruning_ratio=config.max_layer_ratio, iterative_steps=steps,
         ignored_layers=protected_layers(model, config.round_to), round_to=config.round_to,
+        pruning_ratio_dict=ratio_dict,
     )
     history = []
     reached = 0.0
@@ -224,12 +241,16 @@ def prune_model(
         if config.target_speedup is not None and record["speedup"] >= config.target_speedup:
             break
     else:
-        if config.channel_ratio is None:
+        if config.channel_ratio is None and config.layer_ratios is None:
             measured = f", measured speed-up {record['speedup']:.2f}x" if "speedup" in record else ""
             raise PruningError(
                 f"could not reach the target with at most {config.max_layer_ratio:.0%} of each layer pruned "
                 f"(reached MACs {macs / macs_before:.1%}, params {params / params_before:.1%}{measured})"
             )
+    if config.layer_ratios is not None:  # the share of all conv output channels the allocation removed
+        original = {name: module.out_channels for module, name in conv_names.items()}
+        reached = 1 - sum(len(kept[name]) for name in original) / sum(original.values())
+        history[-1]["channel_ratio"] = reached
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     macs_after, params_after = count_macs_params(model, example_inputs)

@@ -14,6 +14,7 @@ into ``(cx, cy, w, h)`` in input pixels. In training mode the head returns per-l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import nn
@@ -329,11 +330,31 @@ def levels_to_rows(levels: list[torch.Tensor], strides: tuple[int, ...] | None =
     return torch.cat(rows, dim=2).permute(0, 2, 1)
 
 
-def build_yolox(variant: str = "yolox_nano", num_classes: int = 80, decode_in_graph: bool = False) -> YOLOX:
+def residual_blocks(model: nn.Module) -> list[str]:
+    """Names of the residual bottlenecks (``x + f(x)``), in execution order: the blocks that can be
+    removed without changing any shape."""
+    return [name for name, module in model.named_modules() if isinstance(module, Bottleneck) and module.use_add]
+
+
+def drop_residual_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
+    """Replace each named residual bottleneck by the identity (in place): ``x + f(x)`` becomes ``x``."""
+    allowed = set(residual_blocks(model))
+    unknown = [name for name in names if name not in allowed]
+    if unknown:
+        raise ValueError(f"not residual blocks of this model: {', '.join(unknown)}; removable: {', '.join(sorted(allowed))}")
+    for name in names:
+        model.set_submodule(name, nn.Identity())
+    return model
+
+
+def build_yolox(variant: str = "yolox_nano", num_classes: int = 80, decode_in_graph: bool = False,
+                removed_blocks: Sequence[str] = ()) -> YOLOX:
     """A YOLOX of a named size, e.g. ``build_yolox("yolox_nano")``. Usable as a checkpoint factory:
-    ``prune_perception.models.yolox:build_yolox``."""
+    ``prune_perception.models.yolox:build_yolox``; ``removed_blocks`` names residual blocks dropped
+    from it (a depth-compressed student)."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown YOLOX variant {variant!r}; choose from {sorted(VARIANTS)}")
     base = VARIANTS[variant]
     config = YoloxConfig(num_classes, base.depth, base.width, base.depthwise, base.strides, base.input_size)
-    return YOLOX(config, decode_in_graph=decode_in_graph)
+    model = YOLOX(config, decode_in_graph=decode_in_graph)
+    return drop_residual_blocks(model, removed_blocks) if removed_blocks else model

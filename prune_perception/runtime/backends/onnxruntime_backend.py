@@ -68,12 +68,7 @@ class OnnxRuntimeBackend(InferenceBackend):
         else:
             providers = [CPU_PROVIDER]
 
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
-        if intra_op_threads > 0:
-            options.intra_op_num_threads = intra_op_threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+        options = session_options(intra_op_threads, allow_spinning)
         try:
             self.session = ort.InferenceSession(
                 str(self.model_path), sess_options=options, providers=providers,
@@ -98,6 +93,29 @@ class OnnxRuntimeBackend(InferenceBackend):
 
     def output_shape(self) -> tuple[int, ...] | None:
         return _static_shape(self._output.shape)
+
+
+def session_options(intra_op_threads: int = 0, allow_spinning: bool = False):
+    """The onnxruntime session options of this backend (full graph optimization, no spinning)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if intra_op_threads > 0:
+        options.intra_op_num_threads = intra_op_threads
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if allow_spinning else "0")
+    return options
+
+
+def cpu_session(model: str | Path | bytes, intra_op_threads: int = 0):
+    """A CPU session over a model file or serialized model, as this backend makes it (used to time
+    single layers the way the backend runs them)."""
+    import onnxruntime as ort
+
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, sess_options=session_options(intra_op_threads), providers=[CPU_PROVIDER],
+                                disabled_optimizers=list(CPU_DISABLED_OPTIMIZERS))
 
 
 def _pick(values, name: str | None, kind: str):
