@@ -122,6 +122,25 @@ def cmd_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """``evaluate --model M --data D``: any model on any labelled set; else the compress stage."""
+    if not args.model:
+        if args.data:
+            print("evaluate: --data needs --model (or give --config for a compress run's evaluation)", file=sys.stderr)
+            return EXIT_USAGE
+        return cmd_stage(args)
+    if not args.data:
+        print("evaluate: --model needs --data (a YOLO images folder or a COCO json)", file=sys.stderr)
+        return EXIT_USAGE
+    from prune_perception.eval.dataset_report import evaluate_models
+
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()] if args.classes else None
+    evaluate_models(_named_models(args.model), args.data, args.output, images=args.images, classes=classes,
+                    agnostic=args.agnostic, max_images=args.max_images, progress=not args.no_progress)
+    print((args.output / "report.md").read_text())
+    return 0
+
+
 def cmd_build_engine(args: argparse.Namespace) -> int:
     """TensorRT engines: for one ONNX (``--onnx``), or for every model of a compress run (``--config``)."""
     if args.onnx is None:
@@ -274,6 +293,18 @@ def build_parser() -> argparse.ArgumentParser:
         stage.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE", help="override an option (repeatable)")
         stage.add_argument("--no-progress", action="store_true", help="no progress bars")
         stage.set_defaults(handler=cmd_stage)
+        if name == "evaluate":
+            stage.add_argument("--model", action="append", metavar="[NAME=]PATH",
+                               help="evaluate this model file (repeatable) on --data, with no compress config")
+            stage.add_argument("--data", type=Path, default=None, help="a YOLO images folder or a COCO json")
+            stage.add_argument("--images", type=Path, default=None, help="the images folder of a COCO json "
+                               "(default: 'images' beside it)")
+            stage.add_argument("--classes", default="", help="comma-separated class names or ids the set labels; "
+                               "detections of other classes are not errors (default: all)")
+            stage.add_argument("--agnostic", action="store_true", help="score all those classes as one")
+            stage.add_argument("--max-images", type=int, default=0, help="at most this many images, evenly spaced")
+            stage.add_argument("--output", type=Path, default=Path("runs/evaluate"))
+            stage.set_defaults(handler=cmd_evaluate)
         if name == "build-engine":
             stage.add_argument("--onnx", type=Path, default=None, help="build this one model (it needs its sidecar)")
             stage.add_argument("--output", type=Path, default=None, help="engine path (default: beside the ONNX)")

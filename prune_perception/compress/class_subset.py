@@ -10,61 +10,16 @@ runs the teacher or the student.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 import torch_pruning as tp
 from torch import nn
 
-from prune_perception.errors import PrunePerceptionError
+from prune_perception.runtime.class_names import ClassSubset, ClassSubsetError, resolve_classes
 
-
-class ClassSubsetError(PrunePerceptionError):
-    """A requested class does not exist in the teacher, or the subset is malformed."""
-
-
-@dataclass(frozen=True)
-class ClassSubset:
-    """The classes a student keeps: their indices in the teacher's output, and their names."""
-
-    teacher_ids: tuple[int, ...]
-    names: tuple[str, ...]
-
-    def __len__(self) -> int:
-        return len(self.teacher_ids)
-
-    def to_dict(self) -> dict[str, object]:
-        return {"teacher_ids": list(self.teacher_ids), "names": list(self.names)}
-
-
-def resolve_classes(requested: Sequence[str | int], teacher_names: Sequence[str]) -> ClassSubset:
-    """Names (or teacher indices) -> the subset, in the teacher's order.
-
-    Raises:
-        ClassSubsetError: a name or index the teacher does not have, a duplicate, or an empty list.
-    """
-    if not requested:
-        raise ClassSubsetError("the class list is empty: give at least one class, or none to keep all")
-    lookup = {name: index for index, name in enumerate(teacher_names)}
-    ids = []
-    for item in requested:
-        if isinstance(item, bool) or not isinstance(item, (str, int)):
-            raise ClassSubsetError(f"a class must be a name or an index, got {item!r}")
-        if isinstance(item, int):
-            if not 0 <= item < len(teacher_names):
-                raise ClassSubsetError(f"class index {item} is outside the teacher's {len(teacher_names)} classes")
-            ids.append(item)
-        elif item in lookup:
-            ids.append(lookup[item])
-        else:
-            close = [name for name in teacher_names if item.lower() in name.lower() or name.lower() in item.lower()]
-            hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
-            raise ClassSubsetError(f"the teacher has no class {item!r}{hint}; its classes: {', '.join(teacher_names)}")
-    if len(set(ids)) != len(ids):
-        raise ClassSubsetError(f"the class list names a class twice: {list(requested)}")
-    ordered = tuple(sorted(ids))
-    return ClassSubset(ordered, tuple(teacher_names[i] for i in ordered))
+__all__ = ["ClassSubset", "ClassSubsetError", "class_prediction_convs", "resolve_classes", "select_teacher_classes",
+           "specialize_head"]
 
 
 def class_prediction_convs(model: nn.Module) -> list[nn.Conv2d]:

@@ -558,7 +558,7 @@ class CompressionRun:
 
     def stage_evaluate(self) -> dict[str, Any]:
         """Accuracy, fidelity and interleaved latency of every model on disk; the report."""
-        from prune_perception.eval.compress_report import write_compress_report
+        from prune_perception.eval.compress_report import pruning_sections, write_compress_report
 
         records, histories, int8_notes, sparsity_notes = self.collect_records()
         for record in records:
@@ -572,8 +572,12 @@ class CompressionRun:
                                      "classes": [self.class_names[i] for i in v.classes] if v.classes else "all"}
                                     for v in self.data.validation],
                      "training_images": len(self.data.train_samples), "fidelity_frames": len(self.data.fidelity_frames)}
+        pruning = {plan.label: json.loads((self.output_dir / plan.label / "pruning.json").read_text())
+                   for plan in self.plans() if (self.output_dir / plan.label / "pruning.json").exists()}
+        teacher_channels = {name: m.out_channels for name, m in self.teacher.named_modules() if isinstance(m, nn.Conv2d)}
+        sections = pruning_sections(self.output_dir, teacher_channels, pruning) if pruning else []
         return write_compress_report(self.output_dir, records, histories, config_to_dict(self.config), int8_notes,
-                                     engines, sparsity_notes, run_facts)
+                                     engines, sparsity_notes, run_facts, sections)
 
     def evaluate(self, record: ModelRecord) -> None:
         data = self.data

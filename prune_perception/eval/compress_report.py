@@ -238,3 +238,96 @@ def plot_training_curves(histories: dict[str, list[dict]], path: Path) -> None:
     with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png", dpi=110)
     plt.close(figure)
+
+
+def plot_channels(teacher: dict[str, int], students: dict[str, dict[str, int]], path: Path) -> None:
+    """Output channels of every convolution: the teacher's as bars, each student's as markers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [name for name in teacher if any(name in channels for channels in students.values())]
+    figure, axis = plt.subplots(figsize=(max(10, 0.12 * len(names)), 5))
+    positions = np.arange(len(names))
+    axis.bar(positions, [teacher[n] for n in names], color="lightgray", label="teacher")
+    for label, channels in students.items():
+        axis.plot(positions, [channels.get(n, np.nan) for n in names], marker="o", markersize=3, linestyle="none",
+                  label=label)
+    axis.set_xticks(positions[::4])
+    axis.set_xticklabels([n.replace("backbone.", "") for n in names[::4]], rotation=90, fontsize=6)
+    axis.set_ylabel("output channels")
+    axis.set_title("channels per convolution: teacher and pruned students")
+    axis.legend()
+    figure.tight_layout()
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+
+
+def plot_sensitivity(scan: dict[str, Any], path: Path) -> None:
+    """The damage of pruning each dependency group alone, at each scanned ratio."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    groups = scan["groups"]
+    figure, axis = plt.subplots(figsize=(max(10, 0.16 * len(groups)), 5))
+    positions = np.arange(len(groups))
+    levels = max(len(g["levels"]) for g in groups) if groups else 0
+    width = 0.8 / max(levels, 1)
+    for index in range(levels):
+        values = [g["levels"][index]["damage"] if index < len(g["levels"]) else np.nan for g in groups]
+        axis.bar(positions + index * width, values, width, label=f"level {index + 1} (ratio {scan['ratios'][index]:.2f})"
+                 if index < len(scan["ratios"]) else f"level {index + 1}")
+    axis.set_yscale("log")
+    axis.set_xticks(positions)
+    axis.set_xticklabels([g["root"].replace("backbone.", "") for g in groups], rotation=90, fontsize=6)
+    axis.set_ylabel("output damage (relative squared change)")
+    axis.set_title(f"sensitivity of each dependency group, alone, on {scan['images']} calibration images")
+    axis.legend()
+    figure.tight_layout()
+    with atomic_output(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)
+
+
+def pruning_sections(output_dir: Path, teacher_channels: dict[str, int], students: dict[str, dict[str, Any]]) -> list[str]:
+    """The report's pruning section: where each student's channels went, and the sensitivity scan."""
+    lines = ["## Pruning", ""]
+    for label, pruning in students.items():
+        dropped = pruning.get("dropped_blocks") or []
+        rounds = pruning.get("allocation_rounds") or []
+        text = f"- {label}: {pruning.get('allocation', 'uniform')} allocation, {pruning['macs_fraction']:.0%} of the MACs left"
+        if rounds:
+            last = rounds[-1]
+            text += (f"; {len(rounds)} allocation round(s), the last estimated {last['estimated_speedup']:.2f}x and "
+                     f"measured {last['measured_speedup']:.2f}x, {last['groups_cut']} groups cut")
+        if dropped:
+            text += f"; residual blocks removed: {', '.join(dropped)}"
+        lines.append(text + ".")
+    channels = {label: pruning["channels"] for label, pruning in students.items() if pruning.get("channels")}
+    if channels:
+        plot_channels(teacher_channels, channels, output_dir / "channels.png")
+        lines += ["", "![channels per layer](channels.png)"]
+    scan = output_dir / "sensitivity.json"
+    if scan.exists():
+        import json
+
+        data = json.loads(scan.read_text())
+        plot_sensitivity(data, output_dir / "sensitivity.png")
+        worst = sorted(data["groups"], key=lambda g: -g["levels"][-1]["damage"])[:3]
+        lines += ["", f"Sensitivity scan: {len(data['groups'])} dependency groups at ratios "
+                  f"{', '.join(f'{r:.2f}' for r in data['ratios'])} on {data['images']} images. The most sensitive: "
+                  + ", ".join(f"{g['root']} ({g['levels'][-1]['damage']:.3f} at {g['levels'][-1]['keep']} of "
+                              f"{g['channels']} channels)" for g in worst) + ".", "",
+                  "![sensitivity per group](sensitivity.png)"]
+    blocks = output_dir / "blocks.json"
+    if blocks.exists():
+        import json
+
+        ranked = json.loads(blocks.read_text())["ranked"]
+        lines += ["", "Residual blocks, by the output damage of removing each alone: "
+                  + ", ".join(f"{b['name']} {b['damage']:.3f}" for b in ranked) + "."]
+    return lines + [""]
