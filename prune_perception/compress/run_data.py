@@ -153,7 +153,7 @@ def load_run_data(config: CompressConfig, spec: InputSpec, class_names: Sequence
         complete = classes is None or (subset is not None and set(classes) >= set(subset.teacher_ids))
         for item in tqdm(train, desc=f"load {labelled.name}", disable=not progress):
             sample = Sample(item.read(), item.boxes_xyxy.astype(np.float32), item.class_ids, complete)
-            training.append(_bounded(_relabelled(sample, subset), cap))
+            training.append(_bounded(relabel_to_subset(sample, subset), cap))
         labelled_count += len(train) if complete else 0
     frames = list(tqdm(iter_unlabelled_frames(data.unlabelled, data.unlabelled_max_frames, data.unlabelled_stride,
                                               data.bag_topic), desc="load unlabelled", disable=not progress)
@@ -180,7 +180,7 @@ def load_run_data(config: CompressConfig, spec: InputSpec, class_names: Sequence
     return CompressData(training, validation, fidelity_frames, calibration)
 
 
-def _relabelled(sample: Sample, subset: ClassSubset | None) -> Sample:
+def relabel_to_subset(sample: Sample, subset: ClassSubset | None) -> Sample:
     """Labels in the student's class indices (the subset's order); other classes' boxes dropped."""
     if subset is None or not len(sample.class_ids):
         return sample

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -283,6 +284,9 @@ class Trainer:
         last = config.steps if stop_after is None else min(config.steps, self.step + stop_after)
         bar = tqdm(total=config.steps, initial=self.step, desc="train", disable=not progress or self.rank != 0,
                    dynamic_ncols=True)
+        # Wall time of training, kept across resumes (each record carries the total up to its step).
+        elapsed_before = float(self.history[-1].get("elapsed_s", 0.0)) if self.history else 0.0
+        started = time.perf_counter()
         while self.step < last:
             self.student.train()
             if config.freeze_batchnorm:
@@ -303,7 +307,7 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update_parameters(self.student)
             record = {"step": self.step, "loss": float(loss.detach()), "lr": self.optimizer.param_groups[0]["lr"],
-                      "grad_norm": float(grad_norm), **parts}
+                      "grad_norm": float(grad_norm), "elapsed_s": elapsed_before + time.perf_counter() - started, **parts}
             self.history.append(record)
             self.step += 1
             bar.update(1)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-import time
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,11 +73,11 @@ def train_sample_teacher(output_dir: str | Path, config: SampleTeacherConfig = S
         ema_ramp_steps=max(1, config.steps // 5), checkpoint_every=250, seed=config.seed,
     )
     augment = AugmentConfig(input_size=config.input_size, mosaic_probability=0.5, scale_range=(0.6, 1.4))
-    started = time.perf_counter()
     trainer = Trainer(model, None, samples, train_config, output / "train", augment)
     result = trainer.fit(progress=progress)
     trained = trainer.trained_model().cpu().eval()
-    seconds = time.perf_counter() - started
+    # the training's own wall time, across resumes (a resumed finished run trains for 0 s)
+    seconds = float(result.history[-1].get("elapsed_s", math.nan)) if result.history else math.nan
 
     spec = InputSpec(width=config.input_size, height=config.input_size)
     preprocessor = Preprocessor(spec)
@@ -93,7 +93,7 @@ def train_sample_teacher(output_dir: str | Path, config: SampleTeacherConfig = S
         "config": _plain(asdict(config)),
         "training_images": len(samples),
         "validation_images": len(validation),
-        "train_seconds": round(seconds, 1),
+        "train_seconds": None if math.isnan(seconds) else round(seconds, 1),
         "resumed_from_step": result.resumed_from_step,
         "final_loss": result.history[-1]["loss"] if result.history else None,
         "ap": metrics.ap, "ap50": metrics.ap50, "per_class_ap": metrics.per_class_ap,
@@ -115,7 +115,9 @@ def _markdown(report: dict[str, Any]) -> str:
              f"- model: `{report['model']}` ({report['config']['variant']}, "
              f"{report['config']['input_size']} px input, classes: {', '.join(SCENE_CLASSES)})",
              f"- trained from scratch on {report['training_images']} synthetic frames, "
-             f"{report['config']['steps']} steps of {report['config']['batch_size']} in {report['train_seconds']:.0f} s"
+             f"{report['config']['steps']} steps of {report['config']['batch_size']}"
+             + (f" in {report['train_seconds']:.0f} s of training" if report["train_seconds"] is not None
+                else " (training time not recorded by the checkpoint)")
              + (f" (this run resumed at step {report['resumed_from_step']})" if report["resumed_from_step"] else ""),
              f"- held-out synthetic scenes ({report['validation_images']} frames, other seeds): "
              f"**AP {report['ap']:.3f}, AP50 {report['ap50']:.3f}**", "",
