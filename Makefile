@@ -54,9 +54,10 @@ bench: setup
 	$(PY) benchmarks/detector_node_latency.py --video $(SHARED_DATA)/video/solidWhiteRight.mp4 \
 	  --model $(SHARED_DATA)/models/yolox_nano.onnx
 
-# The compression benchmark on $(SHARED_DATA): ratios 0.2/0.3/0.5, distillation, INT8 (prints numbers; not a test).
+# The compression benchmark: the driving recipe on ../shared/data, pruning quality and the deployment
+# ladder (prints numbers; not a test). Hours on 2 CPU cores; resumable.
 bench-compress: setup
-	$(PY) benchmarks/compression_benchmark.py --shared $(SHARED_DATA)
+	$(PY) benchmarks/compression_benchmark.py
 
 clean:
 	rm -rf $(VENV) runs build install log

@@ -4,9 +4,10 @@
    separate set of synthetic scenes (other seeds) as a labelled training set.
 2. The teacher is the sample teacher shipped in ``prune_perception/samples`` (a YOLOX-Nano the
    project's own ``train-sample`` command trained on synthetic scenes).
-3. ``compress``: prune, refit, distil, export ONNX and INT8, with its own report.
+3. ``compress``: the input shaped to the drive's camera, prune, refit, distil, export ONNX and
+   INT8, with its own report: the ladder teacher as given, our export, camera shape, student, INT8.
 4. The bag is replayed live through ``detector_node`` (real DDS, ``/clock``, ``use_sim_time``)
-   with the teacher, the pruned student and its INT8 version.
+   with the teacher, the camera-shaped teacher, the pruned student and its INT8 version.
 5. A side-by-side report and plots, and a short summary: mAP, latency p50/p99, speed-up,
    deadline misses, drops.
 
@@ -37,6 +38,8 @@ LOGGER = logging.getLogger(__name__)
 SAMPLES = Path(__file__).resolve().parent / "samples"
 SAMPLE_TEACHER = SAMPLES / "sample_teacher.onnx"
 SAMPLE_INPUT_SIZE = 320
+DRIVE_SCENE = SceneConfig(width=640, height=384)
+"""The synthetic drive's camera."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,8 @@ class MissionConfig:
     budget_ms: float = 50.0
     latency_runs: int = 40
     seed: int = 0
+    camera_input: bool = True
+    """Shape the network input to the drive's camera (the ladder's camera-shape step)."""
     extra_overrides: list[str] = field(default_factory=list)
 
     @classmethod
@@ -72,20 +77,21 @@ def _synthetic_inputs(config: MissionConfig) -> tuple[Path, list[str]]:
     bag = output / "drive_bag"
     if not bag.exists():
         video_to_bag(None, bag, synthetic_frames=config.drive_frames, seed=1000 + config.seed,
-                     scene=SceneConfig(width=640, height=384), progress=False)
+                     scene=DRIVE_SCENE, progress=False)
     scenes = output / "training_scenes"
     if not (scenes / "images").exists():
         seeds = [2000 + config.seed * 100 + k for k in range(config.training_seeds)]
-        write_yolo_dataset(scene_frames(SceneConfig(width=640, height=384), seeds, config.training_frames_per_seed,
+        write_yolo_dataset(scene_frames(DRIVE_SCENE, seeds, config.training_frames_per_seed,
                                         stride=3), scenes)
     if not SAMPLE_TEACHER.exists():
         raise PrunePerceptionError(f"the sample teacher {SAMPLE_TEACHER} is missing; "
                                    "make it with `prune-perception train-sample` and copy its outputs there")
     names = "[" + ", ".join(f"'{name}'" for name in SCENE_CLASSES) + "]"
-    overrides = [
+    camera = [f"input.camera={DRIVE_SCENE.width}x{DRIVE_SCENE.height}", f"input.width={SAMPLE_INPUT_SIZE}"]
+    overrides = [*(camera if config.camera_input else []),
         f"teacher.onnx={SAMPLE_TEACHER}", "teacher.variant=yolox_nano", f"teacher.num_classes={len(SCENE_CLASSES)}",
         f"teacher.class_names={names}", f"teacher.input_size={SAMPLE_INPUT_SIZE}",
-        f"augment.input_size={SAMPLE_INPUT_SIZE}", f"data.labelled={scenes / 'images'}", "data.unlabelled=[]",
+        f"data.labelled={scenes / 'images'}", "data.unlabelled=[]",
         "data.validation_fraction=0.3",
     ]
     return bag, overrides
@@ -101,7 +107,7 @@ def _real_inputs(config: MissionConfig) -> tuple[Path, list[str]]:
     if not bag.exists():
         video_to_bag(video, bag, max_frames=config.drive_frames, compressed=True, progress=False)
     overrides = [f"teacher.onnx={model}", f"data.labelled={coco / 'images'}", f"data.unlabelled=[{video}]",
-                 "teacher.input_size=416", "augment.input_size=416"]
+                 "teacher.input_size=416", *(["input.camera=960x540", "input.width=416"] if config.camera_input else [])]
     return bag, overrides
 
 
@@ -117,7 +123,10 @@ def run_mission(config: MissionConfig, progress: bool = True) -> dict[str, Any]:
     LOGGER.info("compressing the teacher (ratio %.2f, %d recovery steps)", config.prune_ratio, config.train_steps)
     compression = CompressionRun(compress_config, progress=progress).run()
     by_kind = {row["kind"]: row for row in compression["models"]}
-    models = {"teacher": by_kind["teacher"]["onnx"], f"pruned {config.prune_ratio:.2f}": by_kind["distilled"]["onnx"]}
+    models = {"teacher": by_kind["teacher"]["onnx"]}
+    if "teacher_camera" in by_kind:
+        models["teacher camera"] = by_kind["teacher_camera"]["onnx"]
+    models[f"pruned {config.prune_ratio:.2f}"] = by_kind["distilled"]["onnx"]
     if "int8" in by_kind:
         models[f"pruned {config.prune_ratio:.2f} int8"] = by_kind["int8"]["onnx"]
     truth = (TruthSource("teacher", teacher_model=models["teacher"]) if config.real_data else TruthSource("topic"))
@@ -132,7 +141,7 @@ def run_mission(config: MissionConfig, progress: bool = True) -> dict[str, Any]:
 
 def mission_summary(compression: dict[str, Any], replay: dict[str, Any]) -> str:
     offline = {row["kind"]: row for row in compression["models"]}
-    kinds = ["teacher", "distilled", "int8"]
+    kinds = [kind for kind in ("teacher", "teacher_camera", "distilled", "int8") if kind in offline]
     lines = ["# Mission summary", "",
              f"Live replay of `{Path(replay['bag']).name}` through detector_node ({replay['frames_evaluated']} frames, "
              f"budget {replay['budget_ms']:g} ms); AP on {replay['ground_truth']}.", "",
@@ -144,9 +153,20 @@ def mission_summary(compression: dict[str, Any], replay: dict[str, Any]) -> str:
         lines.append(f"| {model['name']} | {_number(model['ap'])} | {_number(model['ap50'])} | "
                      f"{e2e['p50_ms']:.1f} / {e2e['p99_ms']:.1f} | {model['inference_speedup_vs_first']:.2f}x | "
                      f"{model['deadline_misses']} | {model['frames_dropped']} | {_number(offline_ap)} |")
+    live = {kind: model for kind, model in zip(kinds, replay["models"])}
+    reference = live.get("teacher_camera", live.get("teacher"))
+    student = live.get("distilled")
+    if reference and student and _finite(reference["ap"]) and _finite(student["ap"]) and reference["ap"] > 0:
+        lines += ["", f"The pruned student keeps {student['ap'] / reference['ap']:.0%} of the live AP of "
+                      f"{reference['name']} (the teacher at the same input), at "
+                      f"{student['inference_speedup_vs_first']:.2f}x the inference speed of the square teacher."]
     lines += ["", "Details: `compress/report.md` (what pruning, distillation and INT8 cost and gained, measured "
               "interleaved), `replay/report.md` (per stage, per class, plots)."]
     return "\n".join(lines) + "\n"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and value == value
 
 
 def _number(value: Any) -> str:

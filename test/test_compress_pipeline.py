@@ -22,7 +22,7 @@ def tiny_overrides(output_dir, yolox_nano_path, coco128_dir, dashcam_path):
         f"output_dir={output_dir}", f"teacher.onnx={yolox_nano_path}", f"data.labelled={coco128_dir / 'images'}",
         f"data.unlabelled=[{dashcam_path}]", "data.unlabelled_max_frames=24", "data.max_labelled=24",
         "data.fidelity_frames=6", "prune.ratios=[0.3]", "train.steps=4", "train.batch_size=2",
-        "train.checkpoint_every=2", "augment.input_size=256", "evaluate.latency_runs=3",
+        "train.checkpoint_every=2", "evaluate.latency_runs=3",
         "export.int8_calibration_images=8", "export.int8_max_float_fraction=0.1",
     ]
 
@@ -55,8 +55,8 @@ def test_compress_writes_models_and_report(compressed):
     report = json.loads((output / "report.json").read_text())
     kinds = [model["kind"] for model in report["models"]]
     quantized = ["int8"] + (["int8_modelopt"] if modelopt_unavailable_reason() is None else [])
-    assert kinds == ["teacher"] + 2 * (["pruned", "distilled"] + quantized)
-    teacher, pruned, distilled, int8 = report["models"][:4]
+    assert kinds == ["as_given", "teacher"] + 2 * (["pruned", "distilled"] + quantized)
+    teacher, pruned, distilled, int8 = report["models"][1:5]
     assert teacher["ap"] > 0.2 and teacher["speedup"] == pytest.approx(1.0)
     assert distilled["params"] < 0.6 * teacher["params"] and distilled["macs"] < 0.6 * teacher["macs"]
     assert distilled["latency_p50_ms"] > 0 and int8["file_mb"] < distilled["file_mb"]
@@ -64,7 +64,7 @@ def test_compress_writes_models_and_report(compressed):
     as_given = report["teacher_as_given"]
     assert as_given["onnx"].endswith("yolox_nano.onnx") and as_given["latency_p50_ms"] > 0
     assert as_given["teacher_speedup"] == pytest.approx(as_given["latency_p50_ms"] / teacher["latency_p50_ms"])
-    assert "teacher file as given" in (output / "report.md").read_text()
+    assert "against the file as given" in (output / "report.md").read_text()
     sparse = {model["name"]: model for model in report["models"]}["sparse_2to4 distilled"]
     assert sparse["params"] == teacher["params"] and sparse["macs"] == teacher["macs"]  # dense shapes
     assert (output / "sparse_2to4" / "student.onnx").exists()
@@ -134,8 +134,9 @@ def test_stages_run_one_by_one_with_a_measured_latency_target(tmp_path, yolox_na
     speedups = [step["speedup"] for step in steps]  # measured with onnxruntime, interleaved with the teacher
     assert speedups[-1] >= 1.2 and all(s < 1.2 for s in speedups[:-1])
     report = json.loads((tmp_path / "report.json").read_text())
-    assert [m["name"] for m in report["models"]] == ["teacher", "speedup_1.20 pruned", "speedup_1.20 distilled"]
-    assert "latency target: " in report["models"][1]["notes"]
+    assert [m["name"] for m in report["models"]] == ["teacher as given", "teacher", "speedup_1.20 pruned",
+                                                     "speedup_1.20 distilled"]
+    assert "latency target: " in report["models"][2]["notes"]
     engines = json.loads((tmp_path / "engines.json").read_text())
     reason = tensorrt_unavailable_reason()
     assert (reason in engines[0]) if reason else engines[0].startswith("teacher")

@@ -24,11 +24,14 @@ def test_quick_main_job_end_to_end(tmp_path, capsys):
         main(["demo", "--quick", "--output", str(output), "--no-progress"])
     assert exit_info.value.code == 0
     printed = capsys.readouterr().out
-    assert "Mission summary" in printed and "| teacher |" in printed
+    assert "Mission summary" in printed and "| teacher |" in printed and "| teacher camera |" in printed
 
     compression = json.loads((output / "compress" / "report.json").read_text())
-    assert [row["kind"] for row in compression["models"]] == ["teacher", "pruned", "distilled", "int8"]
-    assert compression["models"][2]["macs"] < compression["models"][0]["macs"]
+    kinds = [row["kind"] for row in compression["models"]]
+    assert kinds == ["as_given", "teacher", "teacher_camera", "pruned", "distilled", "int8"]  # the ladder
+    rows = compression["models"]
+    assert rows[2]["input_hw"] == "192x320" and rows[2]["macs"] < rows[1]["macs"]  # the 640x384 drive camera
+    assert rows[4]["macs"] < rows[2]["macs"] and rows[4]["previous"] == "teacher camera"
     replay = json.loads((output / "replay" / "report.json").read_text())
     assert replay["mode"] == "live" and replay["frames_evaluated"] == 30 and not replay["fidelity_mode"]
     for model in replay["models"]:
