@@ -45,35 +45,32 @@ def _lost(row: dict, teacher: dict, name: str) -> float:
 
 
 def pruning_quality(args: argparse.Namespace) -> bool:
+    targets = [float(t) for t in args.targets.split(",")]
+    config = load_compress_config(RECIPE, [
+        f"output_dir={args.output / 'quality'}", "input.camera=null", "classes.keep=null", "export.int8=false",
+        f"prune.target_speedup=[{', '.join(map(str, targets))}]", f"train.steps={args.steps}", f"device={args.device}",
+        *_coco_all_classes(), *args.set,
+    ])
+    report = CompressionRun(config).run()
+    rows = {row["name"]: row for row in report["models"]}
+    teacher = rows["teacher"]
+    sets = ("cctv", "highway", "coco")
     print("\n## Pruning quality at 416x416, all 80 classes (AP per validation set; speed-up against our export)")
-    print(f"{'target':>7} {'measured':>9} {'MACs':>5} | " + " | ".join(f"{s:>17}" for s in ("cctv", "highway", "coco (80)"))
-          + " | lost points (cctv, highway, coco)")
-    print(f"{'':>7} {'':>9} {'':>5} | " + " | ".join(f"{'pruned -> recov.':>17}" for _ in range(3)) + " |")
+    print(f"{'target':>7} {'measured':>9} {'MACs':>5} | " + " | ".join(f"{s + (' (80)' if s == 'coco' else ''):>17}"
+                                                            for s in sets) + " | points lost: cctv, highway, coco")
+    print(f"{'teacher':>7} {'1.00x':>9} {'100%':>5} | " + " | ".join(f"{_ap(teacher, s):>17}" for s in sets) + " |")
     met = False
-    teacher_printed = False
-    for target in [float(t) for t in args.targets.split(",")]:
-        config = load_compress_config(RECIPE, [
-            f"output_dir={args.output / f'quality_{target:.2f}'}", "input.camera=null", "classes.keep=null",
-            "export.int8=false", f"prune.target_speedup={target}",
-            f"train.steps={args.steps}", f"device={args.device}", *args.set,
-        ] + _coco_all_classes())
-        report = CompressionRun(config).run()
-        rows = {row["name"]: row for row in report["models"]}
-        teacher = rows["teacher"]
-        if not teacher_printed:
-            print(f"{'teacher':>7} {'1.00x':>9} {'100%':>5} | " + " | ".join(
-                f"{_ap(teacher, s):>17}" for s in ("cctv", "highway", "coco")) + " |")
-            teacher_printed = True
-        label = config.prune.target_label(None)
+    for target in targets:
+        label = config.prune.target_label(target)
         pruned, recovered = rows[f"{label} pruned"], rows[f"{label} distilled"]
-        lost = {s: _lost(recovered, teacher, s) for s in ("cctv", "highway", "coco")}
+        lost = {s: _lost(recovered, teacher, s) for s in sets}
         hit = recovered["speedup"] >= QUALITY["speedup"] and all(lost[s] <= QUALITY["points"] for s in DRIVING_SETS)
         met |= hit
         print(f"{target:>6.2f}x {recovered['speedup']:>8.2f}x {recovered['macs'] / teacher['macs']:>5.0%} | "
-              + " | ".join(f"{_ap(pruned, s)} -> {_ap(recovered, s)}" for s in ("cctv", "highway", "coco"))
+              + " | ".join(f"{_ap(pruned, s)} -> {_ap(recovered, s)}" for s in sets)
               + f" | {lost['cctv']:+.1f}, {lost['highway']:+.1f}, {lost['coco']:+.1f}  {'met' if hit else 'not met'}")
     print(f"target (>= {QUALITY['speedup']}x with <= {QUALITY['points']} AP points lost on cctv and highway): "
-          f"{'met' if met else 'not met'}")
+          f"{'met' if met else 'not met'}; report: {Path(config.output_dir) / 'report.md'}")
     return met
 
 

@@ -145,8 +145,9 @@ class PruneSection:
     """One student per channel ratio: the sweep gives the accuracy/latency Pareto front."""
     macs_fraction: float | None = None
     params_fraction: float | None = None
-    target_speedup: float | None = None
-    """Or one student pruned step by step until its measured speed-up over the teacher reaches this."""
+    target_speedup: float | list[float] | None = None
+    """Or one student per speed-up target (a number or a list: the Pareto sweep), pruned until its
+    measured speed-up over the teacher at the run's input reaches it."""
     latency_backend: str = "onnxruntime"
     """Where target_speedup is measured: onnxruntime (CPU, evaluate.latency_threads) or torch (on ``device``)."""
     latency_search_step: float = 0.05
@@ -210,19 +211,33 @@ class PruneSection:
         for target in self.targets():
             self.prune_config(target)  # validates every student's settings now, not mid-run
 
-    def targets(self) -> list[float | None]:
-        """The channel ratios of the sweep, or [None] for a single MACs/params/speed-up-targeted student."""
-        return [None] if (self.macs_fraction or self.params_fraction or self.target_speedup) else list(self.ratios)
+    def speedups(self) -> list[float]:
+        """The speed-up targets (empty unless target_speedup is set)."""
+        if self.target_speedup is None:
+            return []
+        values = self.target_speedup if isinstance(self.target_speedup, (list, tuple)) else [self.target_speedup]
+        return [float(value) for value in values]
 
-    def target_label(self, ratio: float | None) -> str:
-        """The output folder of the student pruned for ``ratio`` (or for the single target)."""
-        if ratio is not None:
-            return f"ratio_{ratio:.2f}"
+    def targets(self) -> list[float | None]:
+        """One entry per student: the channel ratios of the sweep, the speed-up targets, or [None] for
+        a single MACs/params-targeted student."""
+        if self.macs_fraction or self.params_fraction:
+            return [None]
+        return self.speedups() or list(self.ratios)
+
+    def target_label(self, target: float | None) -> str:
+        """The output folder of the student pruned for ``target`` (see :meth:`targets`)."""
+        if self.target_speedup is not None:
+            return f"speedup_{target:.2f}"
+        if target is not None:
+            return f"ratio_{target:.2f}"
         if self.macs_fraction:
             return f"macs_{self.macs_fraction:.2f}"
-        if self.params_fraction:
-            return f"params_{self.params_fraction:.2f}"
-        return f"speedup_{self.target_speedup:.2f}"
+        return f"params_{self.params_fraction:.2f}"
+
+    def channel_ratio_of(self, target: float | None) -> float | None:
+        """The fixed channel ratio of a student, or None where pruning searches for it."""
+        return target if self.target_speedup is None and not (self.macs_fraction or self.params_fraction) else None
 
     def sparse_label(self) -> str | None:
         """The output folder of the sparse student, if one is asked for."""
@@ -230,15 +245,15 @@ class PruneSection:
             return None
         return "sparse_2to4" if self.sparsity == "2:4" else f"sparse_{self.sparsity_amount:.2f}"
 
-    def prune_config(self, ratio: float | None):
+    def prune_config(self, target: float | None):
         from prune_perception.compress.prune import PruneConfig
 
         if self.allocation == "latency":  # the allocation's own PruneConfig is made once it is known
             return PruneConfig(importance=self.importance, layer_ratios={}, round_to=self.round_to,
                                max_layer_ratio=self.max_layer_ratio)
         return PruneConfig(
-            importance=self.importance, channel_ratio=ratio, macs_fraction=self.macs_fraction,
-            params_fraction=self.params_fraction, target_speedup=self.target_speedup,
+            importance=self.importance, channel_ratio=self.channel_ratio_of(target), macs_fraction=self.macs_fraction,
+            params_fraction=self.params_fraction, target_speedup=target if self.target_speedup is not None else None,
             latency_search_step=self.latency_search_step, global_pruning=self.global_pruning,
             iterative_steps=self.iterative_steps, round_to=self.round_to, max_layer_ratio=self.max_layer_ratio,
         )

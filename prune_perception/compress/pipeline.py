@@ -108,8 +108,9 @@ class StudentPlan:
     """One student of the run: its output folder, and how it is made from the teacher."""
 
     label: str
-    ratio: float | None = None
-    """The channel ratio, or None for the single MACs/params/speed-up target (or a sparse student)."""
+    target: float | None = None
+    """The channel ratio or the speed-up target (``PruneSection.targets``); None for a MACs or params
+    target, or a sparse student."""
     sparsity: str | None = None
     """2:4 or unstructured: dense shapes with zero weights instead of removed channels."""
 
@@ -186,7 +187,7 @@ class CompressionRun:
 
     def plans(self) -> list[StudentPlan]:
         section = self.config.prune
-        plans = [StudentPlan(section.target_label(ratio), ratio) for ratio in section.targets()]
+        plans = [StudentPlan(section.target_label(target), target) for target in section.targets()]
         sparse = section.sparse_label()
         if sparse:
             plans.append(StudentPlan(sparse, None, section.sparsity))
@@ -262,15 +263,15 @@ class CompressionRun:
         student = self.unpruned_student()
         section = self.config.prune
         loss_fn = self._taylor_loss(teacher, data) if section.importance == "taylor" else None
-        meter = self._speedup_meter(folder) if section.target_speedup else None
+        meter = self._speedup_meter(folder) if section.target_speedup is not None else None
         images = torch.from_numpy(np.concatenate(data.calibration[: section.calibration_images]))
         calibration = images if section.mean_compensation else None
         rounds: list[dict[str, float]] = []
         if section.allocation == "latency":
-            prune_config, rounds = self.allocate(student, meter, calibration)
+            prune_config, rounds = self.allocate(student, plan.target, meter, calibration)
             meter = None
         else:
-            prune_config = section.prune_config(plan.ratio)
+            prune_config = section.prune_config(plan.target)
         result = prune_model(student, prune_config, self.example, loss_fn=loss_fn, measure_speedup=meter,
                              calibration=calibration)
         if rounds:
@@ -316,9 +317,9 @@ class CompressionRun:
                                      "dropped": [block.name for block in ranked[: section.drop_blocks]]})
         return list(json.loads(path.read_text())["dropped"])
 
-    def allocate(self, student: nn.Module, meter: Callable[[nn.Module], float],
+    def allocate(self, student: nn.Module, target_speedup: float, meter: Callable[[nn.Module], float],
                  calibration: torch.Tensor | None) -> tuple[PruneConfig, list[dict[str, float]]]:
-        """Per-group channel counts that reach ``prune.target_speedup`` measured, at the least
+        """Per-group channel counts that reach ``target_speedup`` measured, at the least
         estimated damage: the sensitivity scan (once per run), the per-layer latency table (cached
         per backend), then greedy allocation verified by timing the pruned model."""
         section = self.config.prune
@@ -342,7 +343,7 @@ class CompressionRun:
             prune_model(trial, config_for(allocation), self.example, calibration=calibration)
             return meter(trial)
 
-        allocation, rounds = allocate_to_target(scan, conv_shapes(student, self.example), table, section.target_speedup,
+        allocation, rounds = allocate_to_target(scan, conv_shapes(student, self.example), table, target_speedup,
                                                 measure, section.round_to)
         return config_for(allocation), rounds
 
@@ -512,7 +513,8 @@ class CompressionRun:
             folder = self.output_dir / plan.label
             pruned = self._require(folder / "pruned.onnx", "prune")
             macs, params = count_macs_params(load_torch_model(folder / "pruned.pt"), self.example)
-            ratio = plan.ratio if plan.ratio is not None else _searched_ratio(folder / "pruning.json")
+            fixed = self.config.prune.channel_ratio_of(plan.target) if not plan.sparsity else None
+            ratio = fixed if fixed is not None else _searched_ratio(folder / "pruning.json")
             refit = ", least-squares refitted" if self.config.prune.reconstruct and not plan.sparsity else ""
             common = {"channel_ratio": ratio, "params": params, "macs": macs, "input_hw": hw}
             records.append(ModelRecord(f"{plan.label} pruned", "pruned", str(pruned), file_mb=_mb(pruned),
