@@ -26,7 +26,7 @@ import dataclasses
 import json
 import logging
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,6 +41,7 @@ from prune_perception.compress.block_removal import rank_blocks, remove_blocks
 from prune_perception.compress.class_subset import ClassSubset, resolve_classes, specialize_head
 from prune_perception.compress.config import CompressConfig, config_to_dict
 from prune_perception.compress.input_shape import InputShape, resolve_input_shape
+from prune_perception.compress.ladder import AS_GIVEN, ModelRecord, evaluate_record, file_mb, static_input_hw, time_ladder
 from prune_perception.compress.prune import PruneConfig, count_macs_params, prune_model, save_pruned_checkpoint
 from prune_perception.compress.reconstruct import reconstruct_pruned
 from prune_perception.compress.run_data import CompressData, check_sources, load_run_data
@@ -48,55 +49,19 @@ from prune_perception.compress.sensitivity import SensitivityScan, scan_sensitiv
 from prune_perception.compress.sparsity import SparsityMasks, sparsify
 from prune_perception.compress.train import Trainer
 from prune_perception.errors import PrunePerceptionError
-from prune_perception.eval.detector_eval import evaluate_on_dataset, fidelity_to_teacher
-from prune_perception.eval.latency_benchmark import measure_backend_latency, measure_latency
+from prune_perception.eval.latency_benchmark import measure_latency
 from prune_perception.export.int8 import quantize_int8_qdq
 from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, quantize_int8_modelopt
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import write_json_atomic, write_text_atomic
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
 from prune_perception.models.yolox import build_yolox, residual_blocks
-from prune_perception.runtime.backends import create_backend
-from prune_perception.runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from prune_perception.runtime.backends.torch_backend import load_torch_model
 from prune_perception.runtime.class_names import default_class_names
 from prune_perception.runtime.metadata import InputSpec
-from prune_perception.runtime.preprocess import Preprocessor
 
 LOGGER = logging.getLogger(__name__)
 FACTORY = "prune_perception.models.yolox:build_yolox"
-AS_GIVEN = "teacher as given"
-
-
-@dataclass
-class ModelRecord:
-    """One row of the report."""
-
-    name: str
-    kind: str  # as_given | teacher | teacher_camera | pruned | distilled | int8 | int8_modelopt
-    onnx: str
-    channel_ratio: float = 0.0
-    params: int | None = None
-    macs: int | None = None
-    file_mb: float = 0.0
-    input_hw: str = ""
-    ap: float | None = None
-    """AP on the first validation set (the one the Pareto plot shows)."""
-    ap50: float | None = None
-    ap_by_set: dict[str, float] = field(default_factory=dict)
-    ap50_by_set: dict[str, float] = field(default_factory=dict)
-    per_class_ap: dict[str, float] = field(default_factory=dict)
-    fidelity_ap: float | None = None
-    latency_p50_ms: float | None = None
-    latency_p99_ms: float | None = None
-    speedup: float | None = None
-    """Against our export of the teacher at the run's square size (the row ``teacher``)."""
-    speedup_vs_given: float | None = None
-    """Against the teacher file as given, in a default onnxruntime session."""
-    previous: str | None = None
-    """The row this one is a step from (the ladder)."""
-    speedup_vs_previous: float | None = None
-    notes: str = ""
 
 
 STAGES = ("prune", "distill", "export", "build-engine", "evaluate")
@@ -493,17 +458,17 @@ class CompressionRun:
         records = []
         given = self.config.teacher.onnx
         if given and Path(given).exists():
-            given_hw = _static_input_hw(Path(given)) or square_hw
-            records.append(ModelRecord(AS_GIVEN, "as_given", str(given), 0.0, file_mb=_mb(Path(given)),
+            given_hw = static_input_hw(Path(given)) or square_hw
+            records.append(ModelRecord(AS_GIVEN, "as_given", str(given), 0.0, file_mb=file_mb(Path(given)),
                                        input_hw=given_hw, notes="the file as given, onnxruntime default session"))
         square_macs, params = count_macs_params(self.teacher, torch.zeros(1, 3, *self.square_spec_hw))
-        records.append(ModelRecord("teacher", "teacher", str(square), 0.0, params, square_macs, _mb(square),
+        records.append(ModelRecord("teacher", "teacher", str(square), 0.0, params, square_macs, file_mb(square),
                                    input_hw=square_hw, previous=records[-1].name if records else None,
                                    notes="our export, our onnxruntime backend"))
         macs, _ = count_macs_params(self.teacher, self.example)
         if self.camera_shaped:
             camera = self._require(self.output_dir / "teacher" / "teacher_camera.onnx", "prune")
-            records.append(ModelRecord("teacher camera", "teacher_camera", str(camera), 0.0, params, macs, _mb(camera),
+            records.append(ModelRecord("teacher camera", "teacher_camera", str(camera), 0.0, params, macs, file_mb(camera),
                                        input_hw=hw, previous="teacher", notes=f"input {self.shape.describe()}"))
         reference = records[-1].name
         histories: dict[str, list] = {}
@@ -517,13 +482,13 @@ class CompressionRun:
             ratio = fixed if fixed is not None else _searched_ratio(folder / "pruning.json")
             refit = ", least-squares refitted" if self.config.prune.reconstruct and not plan.sparsity else ""
             common = {"channel_ratio": ratio, "params": params, "macs": macs, "input_hw": hw}
-            records.append(ModelRecord(f"{plan.label} pruned", "pruned", str(pruned), file_mb=_mb(pruned),
+            records.append(ModelRecord(f"{plan.label} pruned", "pruned", str(pruned), file_mb=file_mb(pruned),
                                        previous=reference, **common,
                                        notes=("sparse, before training" if plan.sparsity else "before training") + refit
                                        + _speedup_search_note(folder / "pruning.json", self.config.prune.latency_backend)))
             student = folder / "student.onnx"
             if student.exists():
-                records.append(ModelRecord(f"{plan.label} distilled", "distilled", str(student), file_mb=_mb(student),
+                records.append(ModelRecord(f"{plan.label} distilled", "distilled", str(student), file_mb=file_mb(student),
                                            previous=reference, **common))
                 history = folder / "training_history.json"
                 histories[plan.label] = json.loads(history.read_text()) if history.exists() else []
@@ -533,7 +498,7 @@ class CompressionRun:
                                   f"kept in float; score cosine {result['score_cosine']:.4f}, output cosine "
                                   f"{result['output_cosine']:.4f} (on {result['validation_images']} held-out calibration images)")
                 int8 = folder / "student_int8.onnx"
-                records.append(ModelRecord(f"{plan.label} int8", "int8", str(int8), file_mb=_mb(int8),
+                records.append(ModelRecord(f"{plan.label} int8", "int8", str(int8), file_mb=file_mb(int8),
                                            previous=f"{plan.label} distilled", **common))
             if (folder / "modelopt_result.json").exists():
                 result = json.loads((folder / "modelopt_result.json").read_text())
@@ -543,7 +508,7 @@ class CompressionRun:
                                   "onnxruntime CPU latency is not TensorRT's")
                 modelopt = folder / "student_int8_modelopt.onnx"
                 records.append(ModelRecord(f"{plan.label} int8 modelopt", "int8_modelopt", str(modelopt),
-                                           file_mb=_mb(modelopt), previous=f"{plan.label} distilled", **common,
+                                           file_mb=file_mb(modelopt), previous=f"{plan.label} distilled", **common,
                                            notes="TensorRT-targeted Q/DQ"))
             if plan.sparsity and (folder / "sparsity.json").exists():
                 summary = json.loads((folder / "sparsity.json").read_text())
@@ -563,9 +528,11 @@ class CompressionRun:
         from prune_perception.eval.compress_report import pruning_sections, write_compress_report
 
         records, histories, int8_notes, sparsity_notes = self.collect_records()
+        data = self.data
         for record in records:
-            self.evaluate(record)
-        self.measure_latency(records)
+            evaluate_record(record, data.validation, data.fidelity_frames, self.teacher_onnx, self.progress)
+        frames = [sample.image for sample in data.train_samples[:: max(1, len(data.train_samples) // 4)][:4]]
+        time_ladder(records, frames, self.config.evaluate)
         engines_file = self.output_dir / "engines.json"
         engines = json.loads(engines_file.read_text()) if engines_file.exists() else [
             "TensorRT engines: not built yet (prune-perception build-engine)"]
@@ -580,61 +547,6 @@ class CompressionRun:
         sections = pruning_sections(self.output_dir, teacher_channels, pruning) if pruning else []
         return write_compress_report(self.output_dir, records, histories, config_to_dict(self.config), int8_notes,
                                      engines, sparsity_notes, run_facts, sections)
-
-    def evaluate(self, record: ModelRecord) -> None:
-        data = self.data
-        for validation in data.validation:
-            metrics = evaluate_on_dataset(record.onnx, validation.items, progress=self.progress,
-                                          classes=validation.classes, agnostic=validation.agnostic)
-            record.ap_by_set[validation.name], record.ap50_by_set[validation.name] = metrics.ap, metrics.ap50
-            if validation is data.validation[0]:
-                record.ap, record.ap50, record.per_class_ap = metrics.ap, metrics.ap50, metrics.per_class_ap
-        if data.fidelity_frames and record.kind not in ("as_given", "teacher", "teacher_camera"):
-            record.fidelity_ap = fidelity_to_teacher(record.onnx, self.teacher_onnx, data.fidelity_frames,
-                                                     progress=self.progress).ap
-
-    def measure_latency(self, records: list[ModelRecord]) -> None:
-        """Every model's latency, interleaved in one run, each on real frames preprocessed for its own
-        input; the speed-ups against the teacher, the file as given and the row above."""
-        evaluate = self.config.evaluate
-        threads = evaluate.latency_threads
-        frames = [sample.image for sample in self.data.train_samples[:: max(1, len(self.data.train_samples) // 4)][:4]]
-        by_shape: dict[str, list[np.ndarray]] = {}
-        backends: dict[str, Any] = {}
-        inputs: dict[str, list[np.ndarray]] = {}
-        for record in records:
-            if record.kind == "pruned" or record.onnx in backends:  # pruned and distilled share the architecture
-                continue
-            backend = (OnnxRuntimeBackend(record.onnx, device="cpu", intra_op_threads=threads, fuse_silu=True)
-                       if record.kind == "as_given" else create_backend(record.onnx, "onnxruntime", "cpu",
-                                                                        intra_op_threads=threads))
-            backends[record.onnx] = backend
-            if record.input_hw not in by_shape:
-                height, width = (int(v) for v in record.input_hw.split("x"))
-                preprocessor = Preprocessor(InputSpec(width=width, height=height))
-                by_shape[record.input_hw] = [preprocessor(frame)[0] for frame in frames]
-            inputs[record.onnx] = by_shape[record.input_hw]
-        try:
-            summaries = measure_backend_latency(backends, inputs, runs=evaluate.latency_runs, warmup=evaluate.latency_warmup)
-        finally:
-            for backend in backends.values():
-                backend.close()
-        by_name = {record.name: record for record in records}
-        for record in records:
-            source = by_name.get(record.name.replace(" pruned", " distilled"), record) if record.kind == "pruned" else record
-            summary = summaries.get(source.onnx)
-            if summary is not None:
-                record.latency_p50_ms, record.latency_p99_ms = summary.p50_ms, summary.p99_ms
-        teacher = by_name["teacher"].latency_p50_ms
-        given = by_name[AS_GIVEN].latency_p50_ms if AS_GIVEN in by_name else None
-        for record in records:
-            if not record.latency_p50_ms:
-                continue
-            record.speedup = teacher / record.latency_p50_ms
-            record.speedup_vs_given = given / record.latency_p50_ms if given else None
-            previous = by_name.get(record.previous or "")
-            if previous is not None and previous.latency_p50_ms:
-                record.speedup_vs_previous = previous.latency_p50_ms / record.latency_p50_ms
 
     # ----------------------------------------------------------------- the whole run
     def _write_config(self) -> None:
@@ -654,19 +566,6 @@ class CompressionRun:
         for stage in STAGES[:-1]:
             self.run_stage(stage)
         return self.stage_evaluate()
-
-
-def _static_input_hw(path: Path) -> str | None:
-    """``HxW`` of an ONNX file's fixed image input, or None where it is dynamic."""
-    import onnx
-
-    dims = onnx.load(str(path), load_external_data=False).graph.input[0].type.tensor_type.shape.dim
-    values = [d.dim_value if d.HasField("dim_value") else 0 for d in dims]
-    return f"{values[2]}x{values[3]}" if len(values) == 4 and all(values[2:]) else None
-
-
-def _mb(path: Path) -> float:
-    return Path(path).stat().st_size / 1e6
 
 
 def _searched_ratio(pruning_json: Path) -> float:
