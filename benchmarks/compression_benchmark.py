@@ -88,7 +88,8 @@ def _coco_all_classes() -> list[str]:
 
 
 def deployment_ladder(args: argparse.Namespace) -> bool:
-    config = load_compress_config(RECIPE, [f"output_dir={args.output / 'ladder'}", f"train.steps={args.steps}",
+    config = load_compress_config(RECIPE, [f"output_dir={args.output / 'ladder'}",
+                                           f"train.steps={args.ladder_steps or args.steps}",
                                            f"device={args.device}", *args.set])
     report = CompressionRun(config).run()
     rows = report["models"]
@@ -119,6 +120,8 @@ def deployment_ladder(args: argparse.Namespace) -> bool:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=3000, help="recovery training steps per student")
+    parser.add_argument("--ladder-steps", type=int, default=0, help="recovery steps of the ladder's student "
+                        "(default: --steps)")
     parser.add_argument("--targets", default="1.25,1.5,2.0", help="speed-up targets of the pruning-quality table")
     parser.add_argument("--device", default="cpu", help="training device (cpu, cuda)")
     parser.add_argument("--only", choices=["quality", "ladder"], default=None)
