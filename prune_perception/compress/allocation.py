@@ -7,7 +7,8 @@ the least estimated damage (the NetAdapt / HALP recipe).
   runtime's. Timings are cached per backend in a JSON table, so a layer shape is timed once.
   A model's estimated latency saving is the sum of its layers' savings.
 - **Greedy allocation.** Starting from the full model, it repeatedly takes the one step (one
-  group loses ``round_to`` more channels) with the least added damage per millisecond saved, from
+  group loses one, two or four more multiples of ``round_to`` channels) with the least added damage
+  per millisecond saved, from
   the :mod:`sensitivity` scan, until the estimated saving reaches the target.
 - **Measured, not estimated.** Layer times do not add up exactly to the network's, so the caller
   prunes with the allocation, times the real model against the teacher, and raises the estimate's
@@ -33,6 +34,8 @@ from prune_perception.files import write_json_atomic
 from prune_perception.models.hooks import hooked_eval
 
 LOGGER = logging.getLogger(__name__)
+STEP_MULTIPLES = (1, 2, 4)
+"""How many multiples of ``round_to`` one greedy step may cut from a group."""
 
 
 @dataclass(frozen=True)
@@ -184,20 +187,23 @@ def greedy_allocation(scan: SensitivityScan, shapes: dict[str, ConvShape], table
         best = None
         for root, group in state.groups.items():
             current = state.keep[root]
-            proposed = current - round_to
-            if proposed < group.min_keep:
-                continue
             convs = state.convs_of(root)
-            trial = {**state.keep, root: proposed}
-            gain = state.time_of(convs, state.keep) - state.time_of(convs, trial)
-            cost = group.damage_at(proposed) - group.damage_at(current)
-            # damage per millisecond saved; a step the table says saves nothing comes last
-            score = max(cost, 0.0) / gain if gain > 1e-6 else float("inf")
-            if best is None or score < best[0]:
-                best = (score, root, proposed, gain, cost)
-        if best is None:
-            raise PrunePerceptionError(f"the latency table cannot save {goal_saving_ms:.2f} ms of {full:.2f}: every group "
-                                       f"is at its narrowest (saved {saving:.2f} ms)")
+            now = state.time_of(convs, state.keep)
+            # Kernel times are not monotonic in the channel count (blocked layouts: 56 channels can
+            # run slower than 64), so a step may cut 1, 2 or 4 multiples of round_to at once.
+            for multiple in STEP_MULTIPLES:
+                proposed = current - multiple * round_to
+                if proposed < group.min_keep:
+                    break
+                gain = now - state.time_of(convs, {**state.keep, root: proposed})
+                cost = group.damage_at(proposed) - group.damage_at(current)
+                # damage per millisecond saved; a step the table says saves nothing is never taken
+                score = max(cost, 0.0) / gain if gain > 1e-6 else float("inf")
+                if best is None or score < best[0]:
+                    best = (score, root, proposed, gain, cost)
+        if best is None or best[0] == float("inf"):
+            raise PrunePerceptionError(f"the latency table cannot save {goal_saving_ms:.2f} ms of {full:.2f}: no group "
+                                       f"has a step left that it times as faster (saved {saving:.2f} ms)")
         _, root, proposed, gain, cost = best
         state.keep[root] = proposed
         saving += gain
