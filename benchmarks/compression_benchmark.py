@@ -18,6 +18,7 @@ It prints two tables, every number measured in the runs it starts (re-running re
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import sys
 import time
@@ -49,8 +50,11 @@ def pruning_quality(args: argparse.Namespace) -> bool:
     config = load_compress_config(RECIPE, [
         f"output_dir={args.output / 'quality'}", "input.camera=null", "classes.keep=null", "export.int8=false",
         f"prune.target_speedup=[{', '.join(map(str, targets))}]", f"train.steps={args.steps}", f"device={args.device}",
-        *_coco_all_classes(), *args.set,
+        *args.set,
     ])
+    # the recipe scores its coco set on the 8 classes it keeps; here on all 80
+    sets = [dataclasses.replace(s, classes=None) if s.name == "coco" else s for s in config.data.sets]
+    config = dataclasses.replace(config, data=dataclasses.replace(config.data, sets=sets))
     report = CompressionRun(config).run()
     rows = {row["name"]: row for row in report["models"]}
     teacher = rows["teacher"]
@@ -72,19 +76,6 @@ def pruning_quality(args: argparse.Namespace) -> bool:
     print(f"target (>= {QUALITY['speedup']}x with <= {QUALITY['points']} AP points lost on cctv and highway): "
           f"{'met' if met else 'not met'}; report: {Path(config.output_dir) / 'report.md'}")
     return met
-
-
-def _coco_all_classes() -> list[str]:
-    """The recipe's coco set scored on all 80 classes (the recipe scores it on the 8 it keeps)."""
-    config = load_compress_config(RECIPE)
-    sets = []
-    for item in config.data.sets:
-        paths = item.path if isinstance(item.path, str) else "[" + ", ".join(item.path) + "]"
-        classes = "null" if item.name == "coco" else "[" + ", ".join(str(c) for c in item.classes) + "]"
-        extra = (f", validation_match: '{item.validation_match}'" if item.validation_match else
-                 f", validation_fraction: {item.validation_fraction}")
-        sets.append(f"{{name: {item.name}, path: {paths}, classes: {classes}, agnostic: {str(item.agnostic).lower()}{extra}}}")
-    return ["data.sets=[" + ", ".join(sets) + "]"]
 
 
 def deployment_ladder(args: argparse.Namespace) -> bool:

@@ -19,9 +19,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from prune_perception.compress.sensitivity import output_damage
+from prune_perception.compress.sensitivity import model_outputs, output_damage
 from prune_perception.errors import PrunePerceptionError
-from prune_perception.models.hooks import hooked_eval
 from prune_perception.models.yolox import drop_residual_blocks, residual_blocks
 
 LOGGER = logging.getLogger(__name__)
@@ -48,18 +47,13 @@ def remove_blocks(model: nn.Module, names: Sequence[str]) -> nn.Module:
 def rank_blocks(model: nn.Module, images: torch.Tensor, batch_size: int = 8) -> list[BlockDamage]:
     """Every removable block with the output damage its removal alone causes, gentlest first."""
     batches = torch.split(images, batch_size)
-
-    def outputs() -> torch.Tensor:
-        with hooked_eval(model, ()), torch.no_grad():
-            return torch.cat([model(batch) for batch in batches])
-
-    reference = outputs()
+    reference = model_outputs(model, batches)
     ranked = []
     for name in residual_blocks(model):
         block = model.get_submodule(name)
         model.set_submodule(name, nn.Identity())
         try:
-            ranked.append(BlockDamage(name, output_damage(outputs(), reference)))
+            ranked.append(BlockDamage(name, output_damage(model_outputs(model, batches), reference)))
         finally:
             model.set_submodule(name, block)
     ranked.sort(key=lambda item: item.damage)

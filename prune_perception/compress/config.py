@@ -248,9 +248,6 @@ class PruneSection:
     def prune_config(self, target: float | None):
         from prune_perception.compress.prune import PruneConfig
 
-        if self.allocation == "latency":  # the allocation's own PruneConfig is made once it is known
-            return PruneConfig(importance=self.importance, layer_ratios={}, round_to=self.round_to,
-                               max_layer_ratio=self.max_layer_ratio)
         return PruneConfig(
             importance=self.importance, channel_ratio=self.channel_ratio_of(target), macs_fraction=self.macs_fraction,
             params_fraction=self.params_fraction, target_speedup=target if self.target_speedup is not None else None,

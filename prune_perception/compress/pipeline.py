@@ -461,7 +461,8 @@ class CompressionRun:
             given_hw = static_input_hw(Path(given)) or square_hw
             records.append(ModelRecord(AS_GIVEN, "as_given", str(given), 0.0, file_mb=file_mb(Path(given)),
                                        input_hw=given_hw, notes="the file as given, onnxruntime default session"))
-        square_macs, params = count_macs_params(self.teacher, torch.zeros(1, 3, *self.square_spec_hw))
+        square_macs, params = count_macs_params(self.teacher, torch.zeros(1, 3, self.square_spec.height,
+                                                                           self.square_spec.width))
         records.append(ModelRecord("teacher", "teacher", str(square), 0.0, params, square_macs, file_mb(square),
                                    input_hw=square_hw, previous=records[-1].name if records else None,
                                    notes="our export, our onnxruntime backend"))
@@ -518,10 +519,6 @@ class CompressionRun:
                     f"{latest['sparse_weight_share']:.0%} of the conv weights; {latest['zero_fraction_of_conv_weights']:.1%} "
                     f"of all conv weights are zero{' after training' if 'after_training' in summary else ''}")
         return records, histories, int8_notes, sparsity_notes
-
-    @property
-    def square_spec_hw(self) -> tuple[int, int]:
-        return self.square_spec.height, self.square_spec.width
 
     def stage_evaluate(self) -> dict[str, Any]:
         """Accuracy, fidelity and interleaved latency of every model on disk; the report."""

@@ -123,8 +123,9 @@ def group_layers(group: Any, names: dict[nn.Module, str], graph: tp.DependencyGr
     return outs, ins
 
 
-def _outputs(model: nn.Module, batches: Sequence[torch.Tensor]) -> torch.Tensor:
-    with torch.no_grad():
+def model_outputs(model: nn.Module, batches: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The eval-mode outputs of ``model`` on ``batches``, concatenated."""
+    with hooked_eval(model, ()), torch.no_grad():
         return torch.cat([model(batch) for batch in batches])
 
 
@@ -154,7 +155,7 @@ def scan_sensitivity(model: nn.Module, images: torch.Tensor, ratios: Sequence[fl
     graph, groups = dependency_groups(model, images[:1], round_to)
     names = {module: name for name, module in model.named_modules()}
     batches = torch.split(images, batch_size)
-    reference = _outputs(model, batches)
+    reference = model_outputs(model, batches)
     results = []
     for group in tqdm(groups, desc="sensitivity scan", disable=not progress):
         root_dependency = group[0].dep
@@ -178,7 +179,7 @@ def scan_sensitivity(model: nn.Module, images: torch.Tensor, ratios: Sequence[fl
                        if isinstance(dependency.target.module, nn.Conv2d) and dependency.target.module.groups == 1
                        and graph.is_in_channel_pruning_fn(dependency.handler)]
             try:
-                damage = output_damage(_outputs(model, batches), reference)
+                damage = output_damage(model_outputs(model, batches), reference)
             finally:
                 for handle in handles:
                     handle.remove()

@@ -15,20 +15,19 @@ from prune_perception.errors import PrunePerceptionError
 from prune_perception.eval.coco_eval import CocoMetrics
 from prune_perception.eval.detector_eval import evaluate_on_dataset
 from prune_perception.files import atomic_output, write_json_atomic, write_text_atomic
-from prune_perception.runtime.class_names import default_class_names, resolve_classes
-from prune_perception.runtime.metadata import load_sidecar
+from prune_perception.runtime.class_names import resolve_classes
+from prune_perception.runtime.detector import Detector
 
 
 def class_ids_for(classes: Sequence[str] | None, model_path: str | Path) -> tuple[int, ...] | None:
     """``--classes`` (names or ids) as ids in the model's published id space (its teacher's, for a
-    specialized model). A name the model does not know is a clear error."""
+    specialized model; its sidecar's, or the runtime's defaults without one). A name the model does
+    not know is a clear error."""
     if not classes:
         return None
-    metadata = load_sidecar(model_path)
-    if metadata is None:
-        names = dict(enumerate(default_class_names(80)))
-    else:
-        names = dict(zip(metadata.output_class_ids, metadata.class_names))
+    detector = Detector(model_path, device="cpu")
+    names = detector.metadata.names_by_id
+    detector.close()
     table = [names.get(i, f"class_{i}") for i in range(max(names) + 1)]
     requested = [int(item) if str(item).isdigit() else str(item) for item in classes]
     return resolve_classes(requested, table).teacher_ids

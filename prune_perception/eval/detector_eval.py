@@ -26,12 +26,6 @@ EVAL_CONFIG = DetectorConfig(score_threshold=0.001, nms_threshold=0.65, max_dete
 AGNOSTIC_NAME = "object"
 
 
-def id_names(detector: Detector) -> dict[int, str]:
-    """Published class id -> name, for one loaded model."""
-    metadata = detector.metadata
-    return dict(zip(metadata.output_class_ids, metadata.class_names))
-
-
 def _name_table(names: dict[int, str]) -> list[str]:
     return [names.get(i, f"class_{i}") for i in range(max(names) + 1)]
 
@@ -44,8 +38,10 @@ def _restricted(boxes: np.ndarray, ids: np.ndarray, scores: np.ndarray | None, k
     return np.asarray(boxes).reshape(-1, 4)[mask], ids, None if scores is None else np.asarray(scores)[mask]
 
 
-def _scored(detections: Detections) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return detections.boxes_xyxy, detections.published_ids(), detections.scores
+def _scored(detections: Detections, keep: Sequence[int] | None = None, agnostic: bool = False,
+            ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Boxes, published class ids and scores of ``detections``, restricted to ``keep``."""
+    return _restricted(detections.boxes_xyxy, detections.published_ids(), detections.scores, keep, agnostic)
 
 
 def evaluate_on_dataset(model_path: str | Path, dataset: Sequence[LabelledImage], progress: bool = True,
@@ -62,7 +58,7 @@ def evaluate_on_dataset(model_path: str | Path, dataset: Sequence[LabelledImage]
         PrunePerceptionError: none of ``classes`` is a class the model predicts.
     """
     detector = Detector(model_path, device=device, config=config)
-    names = id_names(detector)
+    names = detector.metadata.names_by_id
     if classes is not None and not set(classes) & set(names):
         raise PrunePerceptionError(
             f"{Path(model_path).name} predicts none of the classes this set labels ({sorted(classes)}); it predicts "
@@ -73,7 +69,7 @@ def evaluate_on_dataset(model_path: str | Path, dataset: Sequence[LabelledImage]
     ground_truth, predictions = [], []
     try:
         for image_id, item in enumerate(tqdm(dataset, desc=f"evaluate {Path(model_path).name}", disable=not progress)):
-            boxes, ids, scores = _restricted(*_scored(detector.detect(item.read()).detections), classes, agnostic)
+            boxes, ids, scores = _scored(detector.detect(item.read()).detections, classes, agnostic)
             truth_boxes, truth_ids, _ = _restricted(item.boxes_xyxy, item.class_ids, None, classes, agnostic)
             ground_truth.append(ImageBoxes(image_id, item.width, item.height, truth_boxes, truth_ids))
             predictions.append(ImageBoxes(image_id, item.width, item.height, boxes, ids, scores))
@@ -89,15 +85,15 @@ def fidelity_to_teacher(model_path: str | Path, teacher_path: str | Path, frames
     specialized to some classes, only the teacher's detections of those classes count."""
     teacher = Detector(teacher_path, device=device, config=DetectorConfig(score_threshold=teacher_score_threshold))
     student = Detector(model_path, device=device, config=EVAL_CONFIG)
-    kept = sorted(id_names(student))
-    table = _name_table(id_names(teacher) | id_names(student))
+    kept = sorted(student.metadata.names_by_id)
+    table = _name_table(teacher.metadata.names_by_id | student.metadata.names_by_id)
     ground_truth, predictions = [], []
     try:
         for image_id, frame in enumerate(tqdm(frames, desc=f"fidelity {Path(model_path).name}", disable=not progress)):
             height, width = frame.shape[:2]
-            reference = _restricted(*_scored(teacher.detect(frame).detections)[:2], None, kept, False)
+            reference_boxes, reference_ids, _ = _scored(teacher.detect(frame).detections, kept)
             boxes, ids, scores = _scored(student.detect(frame).detections)
-            ground_truth.append(ImageBoxes(image_id, width, height, reference[0], reference[1]))
+            ground_truth.append(ImageBoxes(image_id, width, height, reference_boxes, reference_ids))
             predictions.append(ImageBoxes(image_id, width, height, boxes, ids, scores))
     finally:
         teacher.close()

@@ -24,11 +24,13 @@ def detections_to_msg(detections: Detections, header: Header, class_id_format: s
     boxes = detections.boxes_xyxy.astype(np.float64)
     centers = ((boxes[:, :2] + boxes[:, 2:]) / 2).tolist()
     sizes = (boxes[:, 2:] - boxes[:, :2]).tolist()
-    class_ids = detections.class_ids.tolist()
-    published = detections.published_ids().tolist()
+    if class_id_format == "name":
+        labels = [detections.class_names[class_id] for class_id in detections.class_ids.tolist()]
+    else:
+        labels = [str(number) for number in detections.published_ids().tolist()]
     scores = detections.scores.tolist()
     items = []
-    for (cx, cy), (width, height), class_id, number, score in zip(centers, sizes, class_ids, published, scores):
+    for (cx, cy), (width, height), label, score in zip(centers, sizes, labels, scores):
         detection = Detection2D()
         detection.header = header
         detection.bbox.center.position.x = cx
@@ -36,7 +38,7 @@ def detections_to_msg(detections: Detections, header: Header, class_id_format: s
         detection.bbox.size_x = width
         detection.bbox.size_y = height
         hypothesis = ObjectHypothesisWithPose()
-        hypothesis.hypothesis.class_id = detections.class_names[class_id] if class_id_format == "name" else str(number)
+        hypothesis.hypothesis.class_id = label
         hypothesis.hypothesis.score = score
         detection.results = [hypothesis]
         items.append(detection)

@@ -100,6 +100,8 @@ class Detector:
         self.metadata = metadata
         self._check_output_layout()
         self.config = config or DetectorConfig()
+        # the teacher id of each class of a specialized model, as an array once (indexed every frame)
+        self._source_ids = np.asarray(metadata.class_ids, np.int64) if metadata.class_ids is not None else None
         self.preprocessor = Preprocessor(metadata.input)
         self.decoder = YoloxDecoder(
             metadata.input.width, metadata.input.height, metadata.decoder.strides, metadata.decoder.decoded_in_graph
@@ -131,7 +133,7 @@ class Detector:
         inferred = time.perf_counter()
         detections = postprocess(
             raw, self.decoder, geometry, self.metadata.class_names,
-            config.score_threshold, config.nms_threshold, config.max_detections, self.metadata.class_ids,
+            config.score_threshold, config.nms_threshold, config.max_detections, self._source_ids,
         )
         done = time.perf_counter()
         timings = StageTimings(

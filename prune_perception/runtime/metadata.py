@@ -140,6 +140,11 @@ class ModelMetadata:
         """The id published for each output class: ``class_ids``, or the index."""
         return self.class_ids if self.class_ids is not None else tuple(range(len(self.class_names)))
 
+    @property
+    def names_by_id(self) -> dict[int, str]:
+        """Published class id -> class name."""
+        return dict(zip(self.output_class_ids, self.class_names))
+
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
             "format_version": FORMAT_VERSION,

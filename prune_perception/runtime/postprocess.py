@@ -28,21 +28,19 @@ class Detections:
     scores: np.ndarray  # (N,) float32
     class_ids: np.ndarray  # (N,) int64
     class_names: Sequence[str]  # the model's whole class table, indexed by class id
-    source_ids: Sequence[int] | None = None
-    """Per class of the table, its id in the model it was specialized from (the metadata's
+    source_ids: np.ndarray | None = None
+    """Per class of the table (int64), its id in the model it was specialized from (the metadata's
     ``class_ids``); None: the index."""
 
     @classmethod
-    def empty(cls, class_names: Sequence[str], source_ids: Sequence[int] | None = None) -> "Detections":
+    def empty(cls, class_names: Sequence[str], source_ids: np.ndarray | None = None) -> "Detections":
         return cls(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64), class_names,
                    source_ids)
 
     def published_ids(self) -> np.ndarray:
         """(N,) the class id of each detection as published: its source id where the model was
         specialized, else its index."""
-        if self.source_ids is None:
-            return self.class_ids
-        return np.asarray(self.source_ids, np.int64)[self.class_ids]
+        return self.class_ids if self.source_ids is None else self.source_ids[self.class_ids]
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -140,7 +138,7 @@ def postprocess(
     score_threshold: float,
     nms_threshold: float,
     max_detections: int,
-    source_ids: Sequence[int] | None = None,
+    source_ids: np.ndarray | None = None,
 ) -> Detections:
     """Decode, threshold, NMS, and map the boxes back to the original image."""
     if raw.shape[-1] - 5 != len(class_names):
