@@ -173,11 +173,11 @@ def test_interrupted_training_resumes_to_the_same_weights(teacher, samples, tmp_
 
 def test_batches_depend_only_on_seed_and_step(samples):
     config = TrainConfig(batch_size=4)
-    a, _ = batch_for_step(samples, 11, config, AugmentConfig(input_size=SIZE))
-    b, _ = batch_for_step(samples, 11, config, AugmentConfig(input_size=SIZE))
-    c, _ = batch_for_step(samples, 12, config, AugmentConfig(input_size=SIZE))
+    a, _, _ = batch_for_step(samples, 11, config, AugmentConfig(input_size=SIZE))
+    b, _, _ = batch_for_step(samples, 11, config, AugmentConfig(input_size=SIZE))
+    c, _, _ = batch_for_step(samples, 12, config, AugmentConfig(input_size=SIZE))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    share, _ = batch_for_step(samples, 11, config, AugmentConfig(input_size=SIZE), rank=1, world_size=2)
+    share, _, _ = batch_for_step(samples, 11, config, AugmentConfig(input_size=SIZE), rank=1, world_size=2)
     assert torch.equal(share, a[1::2])  # a rank's share of the same batch
 
 
@@ -193,7 +193,33 @@ def test_unlabelled_images_take_no_part_in_the_label_loss():
     mosaic_of_mixed = augment([Sample(np.zeros((32, 32, 3), np.uint8), np.zeros((0, 4)), np.zeros(0)),
                                Sample.unlabelled(np.zeros((32, 32, 3), np.uint8))] * 2,
                               AugmentConfig(input_size=64, mosaic_probability=1.0), np.random.default_rng(0))
-    assert mosaic_of_mixed.labelled is False
+    # a labelled tile keeps its boxes as labels; the canvas is no longer exhaustively labelled
+    assert mosaic_of_mixed.labelled is True and mosaic_of_mixed.exhaustive is False
+
+
+def test_a_partially_labelled_image_scores_only_its_boxes():
+    """A set that labels some classes: its unboxed cells are not background, a class-agnostic box
+    carries no class term."""
+    model = build_yolox("yolox_nano", num_classes=3).train()
+    torch.manual_seed(0)
+    levels = model(torch.rand(1, 3, 64, 64) * 255)
+    box = torch.tensor([[1.0, 8, 8, 40, 40]])
+    shifted = [level.clone() for level in levels]
+    shifted[0][:, 4, 7, 7] += 5.0  # objectness far from the box (the bottom-right cell of stride 8)
+    exhaustive, _ = detection_loss(levels, [box], (8, 16, 32))
+    exhaustive_shifted, _ = detection_loss(shifted, [box], (8, 16, 32))
+    partial, parts = detection_loss(levels, [box], (8, 16, 32), exhaustive=[False])
+    partial_shifted, _ = detection_loss(shifted, [box], (8, 16, 32), exhaustive=[False])
+    assert float(exhaustive_shifted) > float(exhaustive) + 1e-3
+    torch.testing.assert_close(partial_shifted, partial)
+    assert float(partial) < float(exhaustive) and parts["label_positives"] > 0
+    agnostic = torch.tensor([[-1.0, 8, 8, 40, 40]])
+    recoloured = [level.clone() for level in levels]
+    for level in recoloured:
+        level[:, 5:] += 3.0  # every class logit
+    no_class, parts = detection_loss(levels, [agnostic], (8, 16, 32))
+    torch.testing.assert_close(detection_loss(recoloured, [agnostic], (8, 16, 32))[0], no_class)
+    assert parts["label_classes"] == 0.0 and parts["label_box"] > 0
 
 
 def test_torchrun_data_parallel_keeps_ranks_identical(tmp_path):

@@ -139,14 +139,19 @@ def assign_targets(boxes: torch.Tensor, grid: torch.Tensor, strides: torch.Tenso
 
 
 def detection_loss(
-    levels: Sequence[torch.Tensor], targets: Sequence[torch.Tensor | None], strides: Sequence[int], box_weight: float = 5.0
+    levels: Sequence[torch.Tensor], targets: Sequence[torch.Tensor | None], strides: Sequence[int], box_weight: float = 5.0,
+    exhaustive: Sequence[bool] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """YOLOX-style loss on labels: GIoU on positive boxes, BCE objectness on every cell, BCE
     classes on positives with IoU-scaled one-hot targets; normalised by the number of positives.
 
     Args:
         targets: per image a ``(M, 5)`` tensor of ``class, x1, y1, x2, y2`` in input pixels, or
-            None for an unlabelled image, which then takes no part in this loss.
+            None for an unlabelled image, which then takes no part in this loss. Class -1 is a
+            box of unknown class: it takes part in the box and objectness terms only.
+        exhaustive: per image, whether its labels box every object of every predicted class
+            (default: all). A partially labelled image has objectness loss on its positive cells
+            only: its unboxed cells may hold objects of classes it does not label.
     """
     rows = flatten_levels(levels)
     grid, cell_strides = _grid(levels, strides)
@@ -154,10 +159,14 @@ def detection_loss(
     predicted = decode_boxes(rows, grid, cell_strides)
     box_terms, class_terms, objectness_targets = [], [], torch.zeros_like(rows[..., 4])
     positives = 0
-    labelled = torch.tensor([t is not None for t in targets], device=rows.device)
+    # the cells whose objectness is scored: all of an exhaustively labelled image, the positive
+    # cells of a partially labelled one, none of an unlabelled one
+    scored = torch.zeros_like(rows[..., 4], dtype=torch.bool)
     for index, target in enumerate(targets):
         if target is None:
             continue
+        if exhaustive is None or exhaustive[index]:
+            scored[index] = True
         assigned = assign_targets(target[:, 1:5], grid, cell_strides)
         foreground = assigned >= 0
         count = int(foreground.sum())
@@ -165,17 +174,20 @@ def detection_loss(
             continue
         positives += count
         objectness_targets[index, foreground] = 1.0
+        scored[index, foreground] = True
         matched = target[assigned[foreground]]
         iou, giou = _iou_and_giou(predicted[index, foreground], matched[:, 1:5])
         box_terms.append((1 - giou).sum())
-        class_target = F.one_hot(matched[:, 0].long(), num_classes).float() * iou.detach().clamp(min=0)[:, None]
-        class_terms.append(F.binary_cross_entropy_with_logits(rows[index, foreground, 5:], class_target, reduction="sum"))
+        known = matched[:, 0] >= 0
+        class_target = F.one_hot(matched[known, 0].long(), num_classes).float() * iou.detach().clamp(min=0)[known, None]
+        class_terms.append(F.binary_cross_entropy_with_logits(rows[index, foreground][known, 5:], class_target,
+                                                              reduction="sum"))
     normaliser = max(positives, 1)
-    if not labelled.any():
+    if not scored.any():
         zero = rows.sum() * 0.0
         return zero, {"label_box": 0.0, "label_objectness": 0.0, "label_classes": 0.0, "label_positives": 0.0}
-    objectness = F.binary_cross_entropy_with_logits(
-        rows[labelled][..., 4], objectness_targets[labelled], reduction="sum") / normaliser
+    objectness = F.binary_cross_entropy_with_logits(rows[..., 4][scored], objectness_targets[scored],
+                                                    reduction="sum") / normaliser
     box = torch.stack(box_terms).sum() / normaliser if box_terms else rows.new_zeros(())
     classes = torch.stack(class_terms).sum() / normaliser if class_terms else rows.new_zeros(())
     total = box_weight * box + objectness + classes

@@ -9,7 +9,7 @@ validation images are never trained on; unlabelled sources lose their last frame
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import cv2
@@ -149,12 +149,15 @@ def load_run_data(config: CompressConfig, spec: InputSpec, class_names: Sequence
             validation.append(ValidationSet(labelled.name, held_out, classes, labelled.agnostic))
         if not labelled.train:
             continue
-        # Labels enter the label loss only where the set labels every class the students predict.
-        complete = classes is None or (subset is not None and set(classes) >= set(subset.teacher_ids))
+        # A set that labels only some of the classes the student predicts is not exhaustive: the
+        # label loss takes its boxes but not its unboxed cells as background. A class-agnostic
+        # set's boxes carry no class (-1).
+        exhaustive = classes is None or (subset is not None and set(classes) >= set(subset.teacher_ids))
         for item in tqdm(train, desc=f"load {labelled.name}", disable=not progress):
-            sample = Sample(item.read(), item.boxes_xyxy.astype(np.float32), item.class_ids, complete)
+            class_ids = np.full(len(item.class_ids), -1, np.int64) if labelled.agnostic else item.class_ids
+            sample = Sample(item.read(), item.boxes_xyxy.astype(np.float32), class_ids, True, exhaustive)
             training.append(_bounded(relabel_to_subset(sample, subset), cap))
-        labelled_count += len(train) if complete else 0
+        labelled_count += len(train)
     frames = list(tqdm(iter_unlabelled_frames(data.unlabelled, data.unlabelled_max_frames, data.unlabelled_stride,
                                               data.bag_topic), desc="load unlabelled", disable=not progress)
                   ) if data.unlabelled else []
@@ -169,7 +172,7 @@ def load_run_data(config: CompressConfig, spec: InputSpec, class_names: Sequence
     if not training:
         raise PrunePerceptionError("no training images: set data.sets (or data.labelled) and/or data.unlabelled")
     if config.train.label_weight > 0 and not labelled_count:
-        raise PrunePerceptionError("train.label_weight > 0 needs labelled data that labels every kept class")
+        raise PrunePerceptionError("train.label_weight > 0 needs labelled training images (data.sets)")
     preprocessor = Preprocessor(spec)
     rng = np.random.default_rng(config.seed)
     wanted = max(config.export.int8_calibration_images, config.prune.calibration_images)
@@ -181,13 +184,15 @@ def load_run_data(config: CompressConfig, spec: InputSpec, class_names: Sequence
 
 
 def relabel_to_subset(sample: Sample, subset: ClassSubset | None) -> Sample:
-    """Labels in the student's class indices (the subset's order); other classes' boxes dropped."""
+    """Labels in the student's class indices (the subset's order); other classes' boxes dropped,
+    class-agnostic boxes (-1) kept."""
     if subset is None or not len(sample.class_ids):
         return sample
     index = {teacher_id: position for position, teacher_id in enumerate(subset.teacher_ids)}
+    index[-1] = -1
     keep = np.asarray([int(c) in index for c in sample.class_ids], bool)
     ids = np.asarray([index[int(c)] for c in sample.class_ids[keep]], np.int64)
-    return Sample(sample.image, sample.boxes_xyxy[keep], ids, sample.labelled)
+    return replace(sample, boxes_xyxy=sample.boxes_xyxy[keep], class_ids=ids)
 
 
 def _bounded(sample: Sample, longest_side: int) -> Sample:
@@ -198,4 +203,4 @@ def _bounded(sample: Sample, longest_side: int) -> Sample:
         return sample
     size = (int(round(width * scale)), int(round(height * scale)))
     image = cv2.resize(sample.image, size, interpolation=cv2.INTER_AREA)
-    return Sample(image, sample.boxes_xyxy * scale, sample.class_ids, sample.labelled)
+    return replace(sample, image=image, boxes_xyxy=sample.boxes_xyxy * scale)

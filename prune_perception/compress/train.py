@@ -109,19 +109,21 @@ def learning_rate_factor(step: int, config: TrainConfig) -> float:
 
 
 def batch_for_step(samples: Sequence[Sample], step: int, config: TrainConfig, augment_config: AugmentConfig,
-                   rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+                   rank: int = 0, world_size: int = 1) -> tuple[torch.Tensor, list[torch.Tensor | None], list[bool]]:
     """The augmented batch of ``step`` (this rank's share): a function of (seed, step) only.
-    Targets are ``(M, 5)`` class+xyxy tensors, or None for images without labels."""
+    Targets are ``(M, 5)`` class+xyxy tensors, or None for images without labels; with them,
+    whether each image's labels are exhaustive."""
     rng = np.random.default_rng([config.seed, step])
     picks = rng.integers(0, len(samples), size=(config.batch_size, 4))
-    images, targets = [], []
+    images, targets, exhaustive = [], [], []
     for row in range(rank, config.batch_size, world_size):
         sample = augment([samples[i] for i in picks[row]], augment_config, np.random.default_rng([config.seed, step, row]))
         images.append(torch.from_numpy(np.ascontiguousarray(sample.image.transpose(2, 0, 1))).float())
         boxes = torch.from_numpy(sample.boxes_xyxy.astype(np.float32)).reshape(-1, 4)
         target = torch.cat([torch.from_numpy(sample.class_ids.astype(np.float32))[:, None], boxes], dim=1)
         targets.append(target if sample.labelled else None)
-    return torch.stack(images), targets
+        exhaustive.append(sample.labelled and sample.exhaustive)
+    return torch.stack(images), targets, exhaustive
 
 
 def _freeze_batchnorm(model: nn.Module) -> None:
@@ -252,24 +254,33 @@ class Trainer:
         return self.step
 
     # ---------------------------------------------------------------- training
-    def _loss(self, images: torch.Tensor, targets: list[torch.Tensor | None]) -> tuple[torch.Tensor, dict[str, float]]:
+    def _loss(self, images: torch.Tensor, targets: list[torch.Tensor | None],
+              exhaustive: list[bool]) -> tuple[torch.Tensor, dict[str, float]]:
         parts: dict[str, float] = {}
-        levels = self.trained(images)
+        imitate = self.config.distill_weight > 0 and self.adapters is not None
+        student_features: tuple[torch.Tensor, ...] = ()
+        if imitate and self.world_size == 1:
+            # one student pass gives both the neck features and the head's logits
+            student_features = self.student.features(images)
+            levels = self.student.head(student_features)
+        else:
+            levels = self.trained(images)
+            if imitate:  # under DDP the logits must come from the wrapped forward
+                student_features = self.student.features(images)
         total = images.new_zeros(())
         if self.config.distill_weight > 0:
             with torch.no_grad():
-                teacher_levels = self.teacher.logits(images)
+                teacher_features = self.teacher.features(images) if imitate else ()
+                teacher_levels = self.teacher.head(teacher_features) if imitate else self.teacher.logits(images)
                 if self.teacher_classes is not None:
                     teacher_levels = select_teacher_classes(teacher_levels, self.teacher_classes)
-                teacher_features = self.teacher.features(images) if self.adapters is not None else ()
-            student_features = self.student.features(images) if self.adapters is not None else ()
             loss, distill_parts = distillation_loss(levels, teacher_levels, self.distill_config, student_features,
                                                     teacher_features, self.adapters)
             total = total + self.config.distill_weight * loss
             parts.update(distill_parts)
         if self.config.label_weight > 0:
             loss, label_parts = detection_loss(levels, [None if t is None else t.to(self.device) for t in targets],
-                                               self.strides)
+                                               self.strides, exhaustive=exhaustive)
             total = total + self.config.label_weight * loss
             parts.update(label_parts)
         return total, parts
@@ -291,10 +302,11 @@ class Trainer:
             self.student.train()
             if config.freeze_batchnorm:
                 _freeze_batchnorm(self.student)
-            images, targets = batch_for_step(self.samples, self.step, config, self.augment_config, self.rank, self.world_size)
+            images, targets, exhaustive = batch_for_step(self.samples, self.step, config, self.augment_config, self.rank,
+                                                         self.world_size)
             images = images.to(self.device, non_blocking=True)
             with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.use_amp):
-                loss, parts = self._loss(images, targets)
+                loss, parts = self._loss(images, targets, exhaustive)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)

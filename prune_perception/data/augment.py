@@ -6,7 +6,7 @@ Images stay BGR uint8 0..255, the input convention of the YOLOX models here.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -41,9 +41,12 @@ class AugmentConfig:
 class Sample:
     image: np.ndarray  # HxWx3 BGR uint8
     boxes_xyxy: np.ndarray  # (N, 4) pixels
-    class_ids: np.ndarray  # (N,)
+    class_ids: np.ndarray  # (N,); -1: a box whose class its set does not tell apart (class-agnostic labels)
     labelled: bool = True
     """False for distillation-only images: no boxes does not mean no objects."""
+    exhaustive: bool = True
+    """Every object of every class the student predicts is boxed, so a cell without a box is
+    background. False for a set that labels only some classes: its other objects are not errors."""
 
     @classmethod
     def unlabelled(cls, image: np.ndarray) -> "Sample":
@@ -60,7 +63,7 @@ def letterbox(sample: Sample, hw: tuple[int, int], pad_value: int = 114) -> Samp
     canvas[: geometry.resized_height, : geometry.resized_width] = cv2.resize(
         sample.image, (geometry.resized_width, geometry.resized_height), interpolation=cv2.INTER_LINEAR
     )
-    return Sample(canvas, sample.boxes_xyxy * geometry.scale, sample.class_ids, sample.labelled)
+    return replace(sample, image=canvas, boxes_xyxy=sample.boxes_xyxy * geometry.scale)
 
 
 def mosaic(samples: list[Sample], hw: tuple[int, int], rng: np.random.Generator, pad_value: int = 114) -> Sample:
@@ -85,8 +88,11 @@ def mosaic(samples: list[Sample], hw: tuple[int, int], rng: np.random.Generator,
         offset = np.array([x1 - source_x, y1 - source_y] * 2, np.float32)
         boxes.append(sample.boxes_xyxy * geometry.scale + offset)
         classes.append(sample.class_ids)
-    labelled = all(sample.labelled for sample in samples[:4])
-    merged = Sample(canvas, np.concatenate(boxes).astype(np.float32), np.concatenate(classes), labelled)
+    # The boxes of labelled tiles stay labels; the cells of the whole canvas are background only
+    # where every tile boxes every object.
+    labelled = any(sample.labelled for sample in samples[:4])
+    exhaustive = all(sample.labelled and sample.exhaustive for sample in samples[:4])
+    merged = Sample(canvas, np.concatenate(boxes).astype(np.float32), np.concatenate(classes), labelled, exhaustive)
     return _clip(merged, 2 * size_x, 2 * size_y)
 
 
@@ -103,7 +109,7 @@ def random_affine(sample: Sample, hw: tuple[int, int], config: AugmentConfig, rn
     image = cv2.warpAffine(sample.image, matrix, (width, height), flags=cv2.INTER_LINEAR,
                            borderValue=(config.pad_value,) * 3)
     boxes = sample.boxes_xyxy * scale + np.tile(matrix[:, 2], 2)
-    return _clip(Sample(image, boxes.astype(np.float32), sample.class_ids, sample.labelled), width, height,
+    return _clip(replace(sample, image=image, boxes_xyxy=boxes.astype(np.float32)), width, height,
                  config.min_box_size)
 
 
@@ -121,7 +127,7 @@ def horizontal_flip(sample: Sample) -> Sample:
     width = sample.image.shape[1]
     boxes = sample.boxes_xyxy.copy()
     boxes[:, [0, 2]] = width - sample.boxes_xyxy[:, [2, 0]]
-    return Sample(np.ascontiguousarray(sample.image[:, ::-1]), boxes, sample.class_ids, sample.labelled)
+    return replace(sample, image=np.ascontiguousarray(sample.image[:, ::-1]), boxes_xyxy=boxes)
 
 
 def augment(samples: list[Sample], config: AugmentConfig, rng: np.random.Generator) -> Sample:
@@ -135,7 +141,7 @@ def augment(samples: list[Sample], config: AugmentConfig, rng: np.random.Generat
     if rng.random() < config.flip_probability:
         result = horizontal_flip(result)
     if any(config.hsv_gains):
-        result = Sample(hsv_jitter(result.image, config.hsv_gains, rng), result.boxes_xyxy, result.class_ids, result.labelled)
+        result = replace(result, image=hsv_jitter(result.image, config.hsv_gains, rng))
     return result
 
 
@@ -144,4 +150,4 @@ def _clip(sample: Sample, width: int, height: int, min_size: float = 2.0) -> Sam
     boxes[:, [0, 2]] = boxes[:, [0, 2]].clip(0, width)
     boxes[:, [1, 3]] = boxes[:, [1, 3]].clip(0, height)
     keep = ((boxes[:, 2] - boxes[:, 0]) >= min_size) & ((boxes[:, 3] - boxes[:, 1]) >= min_size)
-    return Sample(sample.image, boxes[keep], sample.class_ids[keep], sample.labelled)
+    return replace(sample, boxes_xyxy=boxes[keep], class_ids=sample.class_ids[keep])
