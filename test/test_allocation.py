@@ -9,9 +9,10 @@ import torch
 
 from prune_perception.compress.allocation import LayerLatencyTable, allocate_to_target, conv_shapes, greedy_allocation
 from prune_perception.compress.block_removal import rank_blocks, remove_blocks
-from prune_perception.compress.prune import PruneConfig, prune_model, save_pruned_checkpoint
+from prune_perception.compress.prune import PruneConfig, prune_model
 from prune_perception.compress.sensitivity import SensitivityScan, output_damage, scan_sensitivity
 from prune_perception.errors import PrunePerceptionError
+from prune_perception.models.pruned_checkpoint import save_pruned_checkpoint
 
 HW = (128, 224)
 

@@ -60,8 +60,8 @@ def test_specialized_head_keeps_the_teachers_scores_for_its_classes(teacher):
 def specialized_onnx(tmp_path_factory, teacher, dashcam_frames):
     import copy
 
-    from prune_perception.compress.prune import save_pruned_checkpoint
     from prune_perception.export.onnx_export import export_onnx
+    from prune_perception.models.pruned_checkpoint import save_pruned_checkpoint
     from prune_perception.runtime.backends.torch_backend import load_torch_model
     from prune_perception.runtime.metadata import InputSpec
     from prune_perception.runtime.preprocess import Preprocessor

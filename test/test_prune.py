@@ -10,9 +10,9 @@ from prune_perception.compress.prune import (
     PruningError,
     count_macs_params,
     prune_model,
-    save_pruned_checkpoint,
 )
 from prune_perception.export.onnx_export import export_onnx
+from prune_perception.models.pruned_checkpoint import save_pruned_checkpoint
 from prune_perception.models.weights import load_onnx_weights
 from prune_perception.models.yolox import build_yolox
 from prune_perception.runtime.backends.torch_backend import TorchBackend

@@ -42,7 +42,7 @@ from prune_perception.compress.class_subset import ClassSubset, resolve_classes,
 from prune_perception.compress.config import CompressConfig, config_to_dict
 from prune_perception.compress.input_shape import InputShape, resolve_input_shape
 from prune_perception.compress.ladder import AS_GIVEN, ModelRecord, evaluate_record, file_mb, static_input_hw, time_ladder
-from prune_perception.compress.prune import PruneConfig, count_macs_params, prune_model, save_pruned_checkpoint
+from prune_perception.compress.prune import PruneConfig, count_macs_params, prune_model
 from prune_perception.compress.reconstruct import reconstruct_pruned
 from prune_perception.compress.run_data import CompressData, check_sources, load_run_data
 from prune_perception.compress.sensitivity import SensitivityScan, scan_sensitivity
@@ -54,6 +54,7 @@ from prune_perception.export.int8 import quantize_int8_qdq
 from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, quantize_int8_modelopt
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import write_json_atomic, write_text_atomic
+from prune_perception.models.pruned_checkpoint import save_pruned_checkpoint
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
 from prune_perception.models.yolox import build_yolox, residual_blocks
 from prune_perception.runtime.backends.torch_backend import load_torch_model

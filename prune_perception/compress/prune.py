@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -23,14 +22,10 @@ from torch import nn
 
 from prune_perception.compress.channel_statistics import ActivationEnergyImportance, ChannelStatistics
 from prune_perception.errors import PrunePerceptionError
-from prune_perception.files import atomic_output
 from prune_perception.models.hooks import hooked_eval
 
 LOGGER = logging.getLogger(__name__)
 IMPORTANCE_CRITERIA = ("l1", "l2", "bn_scale", "taylor", "energy")
-PRUNED_CHECKPOINT_FORMAT = "prune_perception.pruned_checkpoint/1"
-
-
 class PruningError(PrunePerceptionError):
     """The pruning request cannot be met or is malformed."""
 
@@ -264,40 +259,3 @@ def _track_removed_channels(group: Any, conv_names: dict[nn.Module, str], kept: 
             removed = {int(getattr(index, "idx", index)) for index in indices}
             name = conv_names[module]
             kept[name] = [original for position, original in enumerate(kept[name]) if position not in removed]
-
-
-def save_pruned_checkpoint(path: str | Path, model: nn.Module, factory: str, factory_kwargs: dict[str, Any]) -> None:
-    """Save a pruned model so that the torch backend (and :func:`load_pruned`) rebuild it:
-    the unpruned factory, plus Torch-Pruning's state (weights and the pruned shapes)."""
-    state = tp.state_dict(model)
-    # tp.state_dict copies every module's __dict__, child modules included: a pickle of the code.
-    # Keep per module its parameters, buffers and primitive attributes (channel counts, groups,
-    # features); the factory rebuilds the module tree. The file then loads with weights_only=True.
-    state["full_state_dict"] = {
-        name: {key: value for key, value in entries.items() if key in ("_parameters", "_buffers") or _is_primitive(value)}
-        for name, entries in state["full_state_dict"].items()
-    }
-    state["attributions"] = {
-        name: {key: value for key, value in attributes.items() if _is_primitive(value)}
-        for name, attributes in state["attributions"].items()
-    }
-    payload = {
-        "format": PRUNED_CHECKPOINT_FORMAT,
-        "factory": factory,
-        "factory_kwargs": dict(factory_kwargs),
-        "pruned_state": state,
-    }
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
-
-
-def _is_primitive(value: Any) -> bool:
-    if isinstance(value, (list, tuple)):
-        return all(_is_primitive(item) for item in value)
-    return value is None or isinstance(value, (bool, int, float, str))
-
-
-def apply_pruned_state(model: nn.Module, pruned_state: dict[str, Any]) -> nn.Module:
-    """Reshape an unpruned ``model`` to the pruned one and load its weights (in place)."""
-    tp.load_state_dict(model, state_dict=pruned_state)
-    return model

@@ -94,7 +94,7 @@ class TorchBackend(InferenceBackend):
 def load_torch_model(path: str | Path) -> Any:
     """The ``nn.Module`` in a ``.pt2``, TorchScript or checkpoint file, in eval mode on the CPU.
 
-    Pruned checkpoints (``compress.prune.save_pruned_checkpoint``) are rebuilt from the factory
+    Pruned checkpoints (``models.pruned_checkpoint``) are rebuilt from the factory
     they name, then reshaped to the pruned layers.
 
     Raises:
@@ -111,13 +111,13 @@ def load_torch_model(path: str | Path) -> Any:
         checkpoint = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt archives
         raise ModelLoadError(f"cannot load torch model {path}: {exc}") from exc
-    from prune_perception.compress.prune import PRUNED_CHECKPOINT_FORMAT, apply_pruned_state
+    from prune_perception.models.pruned_checkpoint import PRUNED_CHECKPOINT_FORMAT, apply_pruned_state
 
     formats = (CHECKPOINT_FORMAT, PRUNED_CHECKPOINT_FORMAT)
     if not isinstance(checkpoint, dict) or checkpoint.get("format") not in formats:
         raise ModelLoadError(
             f"{path} is neither TorchScript nor a checkpoint of format {formats} "
-            "(see save_torch_checkpoint and compress.prune.save_pruned_checkpoint)"
+            "(see save_torch_checkpoint and models.pruned_checkpoint.save_pruned_checkpoint)"
         )
     factory = _import_factory(checkpoint["factory"])
     model = factory(**checkpoint.get("factory_kwargs", {}))
