@@ -65,3 +65,18 @@ def rclpy_session():
     rclpy.init()
     yield
     rclpy.try_shutdown()
+
+
+@pytest.fixture(scope="session")
+def batched_yolox_path(yolox_nano_path, tmp_path_factory) -> Path:
+    """The shared YOLOX-Nano exported by our exporter with a dynamic batch axis."""
+    from prune_perception.export.onnx_export import export_onnx
+    from prune_perception.models.weights import load_onnx_weights
+    from prune_perception.models.yolox import build_yolox
+    from prune_perception.runtime.class_names import COCO_CLASSES
+    from prune_perception.runtime.metadata import InputSpec
+
+    model = load_onnx_weights(build_yolox("yolox_nano"), yolox_nano_path, input_size=416).eval()
+    path = tmp_path_factory.mktemp("batched") / "yolox_nano_batched.onnx"
+    export_onnx(model, path, COCO_CLASSES, InputSpec(width=416, height=416), dynamic_batch=True)
+    return path

@@ -133,3 +133,24 @@ def test_cpu_session_keeps_silu_in_the_blocked_layout(yolox_nano_path, yolox_det
 
     assert "QuickGelu" in optimized_op_types([])
     assert "QuickGelu" not in optimized_op_types(list(CPU_DISABLED_OPTIMIZERS))
+
+
+def test_a_batch_of_cameras_of_different_sizes_matches_one_call_each(batched_yolox_path, yolox_detector, dashcam_frames):
+    """The dynamic-batch export runs three cameras in one call, each letterboxed on its own, with
+    the detections of one call per image; the shared fixed-batch file falls back to one call each."""
+    batched = Detector(batched_yolox_path, device="cpu")
+    assert batched.max_batch is None and yolox_detector.max_batch == 1
+    small = cv2.resize(dashcam_frames[10], (640, 360))
+    frames = [(dashcam_frames[0], "BGR"), (small, "BGR"), (dashcam_frames[20][:, :, ::-1].copy(), "RGB")]
+    together = batched.detect_batch(frames)
+    assert [r.batch_size for r in together] == [3, 3, 3]
+    assert len({r.timings.inference_ms for r in together}) == 1  # one call, its time shared
+    for (image, pixel_format), result in zip(frames, together):
+        alone = batched.detect(image, pixel_format).detections
+        np.testing.assert_allclose(result.detections.boxes_xyxy, alone.boxes_xyxy, atol=0.05)
+        reference = yolox_detector.detect(image, pixel_format).detections  # the file as given, same weights
+        assert result.detections.class_ids.tolist() == reference.class_ids.tolist()
+        np.testing.assert_allclose(result.detections.boxes_xyxy, reference.boxes_xyxy, atol=0.5)
+    assert together[1].detections.boxes_xyxy[:, 2].max() <= 640 and together[1].detections.boxes_xyxy[:, 3].max() <= 360
+    one_by_one = yolox_detector.detect_batch(frames)
+    assert [r.batch_size for r in one_by_one] == [1, 1, 1]

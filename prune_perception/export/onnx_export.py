@@ -68,6 +68,7 @@ def export_onnx(
     sample_inputs: Sequence[np.ndarray] = (),
     parity_threshold: float = 1e-3,
     class_ids: Sequence[int] | None = None,
+    dynamic_batch: bool = False,
 ) -> OnnxExportResult:
     """Export ``model`` (a YOLOX-layout detector) to ``output_path`` and write its sidecar.
 
@@ -79,6 +80,8 @@ def export_onnx(
         parity_threshold: the largest accepted ``max |onnx - torch| / max |torch|``.
         class_ids: for a model specialized to some of its teacher's classes, each class's id in the
             teacher (recorded in the sidecar, so the node's numeric class ids keep their meaning).
+        dynamic_batch: give the input and output a dynamic batch axis, so that one call runs the
+            frames of several cameras (checked with a batch of two as well).
 
     Raises:
         ExportParityError: the exported model disagrees with PyTorch; nothing is written.
@@ -98,11 +101,15 @@ def export_onnx(
         samples = [np.asarray(s, np.float32) for s in sample_inputs] or [
             np.random.default_rng(0).uniform(0, 255, shape).astype(np.float32)
         ]
+        input_name = input_spec.name or "images"
+        if dynamic_batch:
+            samples.append(np.concatenate([samples[0], samples[-1]]))
         with atomic_output(output_path) as tmp:
             with torch.no_grad():
                 torch.onnx.export(
                     deployment_form(model), torch.from_numpy(samples[0]), str(tmp), opset_version=OPSET, dynamo=False,
-                    input_names=[input_spec.name or "images"], output_names=["output"], do_constant_folding=True,
+                    input_names=[input_name], output_names=["output"], do_constant_folding=True,
+                    dynamic_axes={input_name: {0: "batch"}, "output": {0: "batch"}} if dynamic_batch else None,
                 )
             graph = onnx.load(str(tmp))
             nodes_before = len(graph.graph.node)
@@ -132,7 +139,7 @@ def export_onnx(
             model.decode_in_graph = previous_decode
 
     metadata = ModelMetadata(
-        input=dataclasses.replace(input_spec, name=input_spec.name or "images"),
+        input=dataclasses.replace(input_spec, name=input_name),
         decoder=DecoderSpec(strides=tuple(strides), decoded_in_graph=decode_in_graph, output_name="output"),
         class_names=tuple(class_names),
         class_ids=tuple(int(i) for i in class_ids) if class_ids is not None else None,

@@ -7,6 +7,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -51,6 +52,9 @@ class StageTimings:
 class DetectionResult:
     detections: Detections
     timings: StageTimings
+    batch_size: int = 1
+    """How many images the model call that produced this result ran (its inference time is the
+    whole call's)."""
 
 
 class Detector:
@@ -123,25 +127,43 @@ class Detector:
         """Change thresholds; validated before anything changes. Takes effect from the next frame."""
         self.config = dataclasses.replace(self.config, **changes)
 
+    @property
+    def max_batch(self) -> int | None:
+        """The most images one model call takes (None: any number); 1 for a fixed-batch model."""
+        return self.backend.max_batch()
+
     def detect(self, image: np.ndarray, pixel_format: str = "BGR") -> DetectionResult:
         """Detect objects in one image (``pixel_format``: BGR, RGB, BGRA, RGBA or GRAY)."""
+        return self.detect_batch([(image, pixel_format)])[0]
+
+    def detect_batch(self, images: Sequence[tuple[np.ndarray, str]]) -> list[DetectionResult]:
+        """Detect objects in several images of any sizes (each ``(image, pixel_format)``), each
+        letterboxed on its own, in as few model calls as :attr:`max_batch` allows. Each result's
+        inference time is that of the call it was part of."""
         config = self.config  # one consistent snapshot even if thresholds change meanwhile
-        start = time.perf_counter()
-        tensor, geometry = self.preprocessor(image, pixel_format)
-        preprocessed = time.perf_counter()
-        raw = self.backend.infer(tensor)
-        inferred = time.perf_counter()
-        detections = postprocess(
-            raw, self.decoder, geometry, self.metadata.class_names,
-            config.score_threshold, config.nms_threshold, config.max_detections, self._source_ids,
-        )
-        done = time.perf_counter()
-        timings = StageTimings(
-            preprocess_ms=(preprocessed - start) * 1e3,
-            inference_ms=(inferred - preprocessed) * 1e3,
-            postprocess_ms=(done - inferred) * 1e3,
-        )
-        return DetectionResult(detections, timings)
+        limit = self.max_batch or len(images)
+        results: list[DetectionResult] = []
+        for first in range(0, len(images), limit):
+            chunk = images[first:first + limit]
+            tensors, geometries, preprocess_ms = [], [], []
+            for image, pixel_format in chunk:
+                start = time.perf_counter()
+                tensor, geometry = self.preprocessor(image, pixel_format)
+                tensors.append(tensor)
+                geometries.append(geometry)
+                preprocess_ms.append((time.perf_counter() - start) * 1e3)
+            start = time.perf_counter()
+            raw = self.backend.infer(tensors[0] if len(tensors) == 1 else np.concatenate(tensors))
+            inference_ms = (time.perf_counter() - start) * 1e3
+            for index, geometry in enumerate(geometries):
+                start = time.perf_counter()
+                detections = postprocess(
+                    raw[index:index + 1], self.decoder, geometry, self.metadata.class_names,
+                    config.score_threshold, config.nms_threshold, config.max_detections, self._source_ids,
+                )
+                timings = StageTimings(preprocess_ms[index], inference_ms, (time.perf_counter() - start) * 1e3)
+                results.append(DetectionResult(detections, timings, len(chunk)))
+        return results
 
     def warmup(self, runs: int = 2) -> None:
         """Run the model on blank frames so that first-frame latency is not an outlier."""

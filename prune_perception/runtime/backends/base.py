@@ -55,6 +55,12 @@ class InferenceBackend(ABC):
     def output_shape(self) -> tuple[int, ...] | None:
         return None
 
+    def max_batch(self) -> int | None:
+        """The most images one :meth:`infer` call takes: the model's static batch (1 for most
+        files), or None where the batch axis is dynamic."""
+        shape = self.input_shape()
+        return shape[0] if shape is not None else None
+
     def inferred_metadata(self) -> ModelMetadata:
         """Metadata for a model without a sidecar, from its declared I/O shapes (YOLOX defaults)."""
         input_shape, output_shape = self.input_shape(), self.output_shape()

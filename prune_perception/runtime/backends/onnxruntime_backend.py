@@ -94,6 +94,10 @@ class OnnxRuntimeBackend(InferenceBackend):
     def output_shape(self) -> tuple[int, ...] | None:
         return _static_shape(self._output.shape)
 
+    def max_batch(self) -> int | None:
+        batch = self._input.shape[0] if self._input.shape else None
+        return batch if isinstance(batch, int) and batch > 0 else None
+
 
 def session_options(intra_op_threads: int = 0, allow_spinning: bool = False):
     """The onnxruntime session options of this backend (full graph optimization, no spinning)."""
@@ -128,6 +132,9 @@ def _pick(values, name: str | None, kind: str):
 
 
 def _static_shape(shape) -> tuple[int, ...] | None:
+    """The shape, with a dynamic batch axis read as one image; None if another axis is dynamic."""
+    if shape and not (isinstance(shape[0], int) and shape[0] > 0):
+        shape = [1, *shape[1:]]
     if all(isinstance(dim, int) and dim > 0 for dim in shape):
         return tuple(shape)
     return None

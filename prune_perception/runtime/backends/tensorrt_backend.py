@@ -153,15 +153,21 @@ class TensorRTBackend(InferenceBackend):
         if len(input_names) != 1 or not output_names:
             raise ModelLoadError(f"expected an engine with one input and at least one output, got {names}")
 
+        self._max_batch = 1
         for name in input_names:
             shape = _dims(engine.get_tensor_shape(name))
-            if any(dim < 0 for dim in shape):  # dynamic: fix it to the metadata's input size
+            if any(dim < 0 for dim in shape):  # dynamic: the profile's largest batch at the metadata's size
                 if metadata is None:
                     raise ModelLoadError(f"engine input {name!r} has dynamic shape {shape}; a sidecar must give the size")
+                self._max_batch = _dims(engine.get_tensor_profile_shape(name, 0)[2])[0] if shape[0] < 0 else shape[0]
                 spec = metadata.input
-                shape = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
+                image = (3, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, 3)
+                shape = (self._max_batch, *image)
                 if not context.set_input_shape(name, shape):
                     raise ModelLoadError(f"engine input {name!r} does not accept shape {shape}")
+            else:
+                self._max_batch = shape[0]
+        self._batch = self._max_batch
 
         buffers: dict[str, _IOBuffer] = {}
         for name in names:
@@ -175,24 +181,34 @@ class TensorRTBackend(InferenceBackend):
         return [buffers[n] for n in input_names], [buffers[n] for n in output_names]
 
     def input_shape(self) -> tuple[int, ...] | None:
-        return self._inputs[0].shape
+        return (1, *self._inputs[0].shape[1:]) if self._max_batch > 1 else self._inputs[0].shape
 
     def output_shape(self) -> tuple[int, ...] | None:
-        return self._result.shape
+        return (1, *self._result.shape[1:]) if self._max_batch > 1 else self._result.shape
+
+    def max_batch(self) -> int | None:
+        """The largest batch of the engine's optimization profile (1 for a fixed-batch engine)."""
+        return self._max_batch
 
     def infer(self, tensor: np.ndarray) -> np.ndarray:
         source = self._inputs[0]
-        if tensor.shape != source.shape:
-            raise InferenceError(f"engine input {source.name!r} has shape {source.shape}, got {tensor.shape}")
+        batch = tensor.shape[0]
+        if tensor.shape[1:] != source.shape[1:] or not 1 <= batch <= self._max_batch:
+            raise InferenceError(f"engine input {source.name!r} takes shape {source.shape} (batch 1 to "
+                                 f"{self._max_batch}), got {tensor.shape}")
         with self._cuda.activated():
-            np.copyto(source.host, tensor, casting="same_kind")  # casts to fp16 for fp16-I/O engines
-            self._cuda.copy_to_device_async(source.device, source.host, self._stream)
+            if batch != self._batch:  # buffers hold the largest batch; run a smaller one in their first rows
+                if not self._context.set_input_shape(source.name, (batch, *source.shape[1:])):
+                    raise InferenceError(f"engine input {source.name!r} refused batch {batch}")
+                self._batch = batch
+            np.copyto(source.host[:batch], tensor, casting="same_kind")  # casts to fp16 for fp16-I/O engines
+            self._cuda.copy_to_device_async(source.device, source.host[:batch], self._stream)
             if not self._context.execute_async_v3(self._cuda.stream_handle(self._stream)):
                 raise InferenceError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
             for output in self._outputs:
-                self._cuda.copy_to_host_async(output.host, output.device, self._stream)
+                self._cuda.copy_to_host_async(output.host[:batch], output.device, self._stream)
             self._cuda.synchronize(self._stream)
-        return self._result.host.astype(np.float32, copy=True)
+        return self._result.host[:batch].astype(np.float32, copy=True)
 
     def close(self) -> None:
         # Drop TensorRT objects before the memory they point at; the CUDA library frees the rest.
