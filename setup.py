@@ -28,6 +28,7 @@ setup(
     entry_points={
         "console_scripts": [
             "detector_node = prune_perception.ros.detector_node:main",
+            "managed_detector_node = prune_perception.ros.managed_detector_node:main",
             "video_publisher = prune_perception.ros.video_publisher_node:main",
             "bag_player = prune_perception.ros.bag_player_node:main",
             "sim_camera = prune_perception.ros.sim_camera_node:main",

@@ -28,9 +28,9 @@ from prune_perception.compress.config import load_compress_config
 from prune_perception.compress.pipeline import CompressionRun
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.eval.bag_eval import TruthSource
-from prune_perception.eval.bag_live_eval import evaluate_bag_live
 from prune_perception.eval.bag_report import write_bag_report
 from prune_perception.files import write_text_atomic
+from prune_perception.ros.bag_live_eval import evaluate_bag_live
 from prune_perception.sim.datasets import scene_frames, write_yolo_dataset
 from prune_perception.sim.scenes import SCENE_CLASSES, SceneConfig
 

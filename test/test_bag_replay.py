@@ -9,7 +9,7 @@ from tiny_models import constant_detector
 from prune_perception.bags.video_to_bag import video_to_bag
 from prune_perception.cli.main import main
 from prune_perception.eval.bag_eval import TruthSource
-from prune_perception.eval.bag_live_eval import evaluate_bag_live
+from prune_perception.ros.bag_live_eval import evaluate_bag_live
 from prune_perception.ros.live_session import LiveSessionError, NodeProcess, ros_arguments, run_with_player
 from prune_perception.sim.scenes import SCENE_CLASSES, SceneConfig
 

@@ -6,7 +6,7 @@ import pytest
 
 from prune_perception.eval.health import HealthLevel, HealthThresholds, evaluate_health
 from prune_perception.eval.latency import FrameStatistics, LatencySummary, SlidingWindow
-from prune_perception.runtime.latest_frame import LatestFrameSlot
+from prune_perception.runtime.frame_batcher import FrameBatcher
 
 
 def test_latency_summary_matches_numpy():
@@ -102,35 +102,73 @@ def test_health_thresholds_are_validated():
         HealthThresholds(warn_drop_rate=1.5)
 
 
-def test_latest_frame_slot_keeps_only_the_newest():
-    slot = LatestFrameSlot()
-    assert slot.put(1) is False
-    assert slot.put(2) is True and slot.put(3) is True
-    assert slot.take(timeout_s=0) == 3 and slot.dropped == 2
-    assert slot.take(timeout_s=0.01) is None
+def test_frame_slot_keeps_only_the_newest():
+    slot = FrameBatcher(["camera"])
+    assert slot.put("camera", 1) is False
+    assert slot.put("camera", 2) is True and slot.put("camera", 3) is True
+    assert slot.take(timeout_s=0) == {"camera": 3} and slot.dropped("camera") == 2
+    assert slot.take(timeout_s=0.01) == {}
 
 
-def test_latest_frame_slot_under_a_fast_producer_and_slow_consumer():
-    slot = LatestFrameSlot()
+def test_frame_slot_under_a_fast_producer_and_slow_consumer():
+    slot = FrameBatcher(["camera"])
     taken = []
 
     def consume():
         while True:
-            item = slot.take(timeout_s=1.0)
-            if item is None:
+            batch = slot.take(timeout_s=1.0)
+            if not batch:
                 return
-            taken.append(item)
+            taken.append(batch["camera"])
             time.sleep(0.005)  # a slow "model"
 
     consumer = threading.Thread(target=consume)
     consumer.start()
     for item in range(1, 2001):
-        slot.put(item)
+        slot.put("camera", item)
         if item % 50 == 0:
             time.sleep(0.001)
     slot.close()
     consumer.join(5)
     assert taken == sorted(taken)  # never an older frame after a newer one
     assert taken[-1] == 2000  # the newest frame is always processed
-    assert len(taken) + slot.dropped == 2000  # every frame is either processed or counted as dropped
-    assert slot.dropped > 1000
+    assert len(taken) + slot.dropped("camera") == 2000  # every frame is either processed or counted as dropped
+    assert slot.dropped("camera") > 1000
+
+
+def test_a_cycle_waits_for_the_live_cameras_at_most_the_batch_wait():
+    batcher = FrameBatcher(["front", "left", "rear"], batch_wait_s=0.2, live_window_s=1.0)
+    for camera in ("front", "left", "rear"):
+        batcher.put(camera, f"{camera}0")
+    assert batcher.take(timeout_s=0) == {"front": "front0", "left": "left0", "rear": "rear0"}
+    # a cycle goes as soon as every live camera has a frame
+    batcher.put("rear", "rear1")
+    threading.Timer(0.02, batcher.put, ("front", "front1")).start()
+    threading.Timer(0.04, batcher.put, ("left", "left1")).start()
+    started = time.monotonic()
+    assert batcher.take(timeout_s=1.0) == {"front": "front1", "left": "left1", "rear": "rear1"}
+    assert time.monotonic() - started < 0.15
+    # a camera that is late goes in the next cycle: this one waited its batch_wait, not more
+    batcher.put("front", "front2")
+    batcher.put("rear", "rear2")
+    started = time.monotonic()
+    assert batcher.take(timeout_s=1.0) == {"front": "front2", "rear": "rear2"}
+    assert 0.15 < time.monotonic() - started < 0.6
+
+
+def test_a_camera_that_stopped_costs_the_others_no_wait():
+    batcher = FrameBatcher(["front", "rear"], batch_wait_s=0.5, live_window_s=0.05)
+    batcher.put("rear", "rear0")
+    batcher.put("front", "front0")
+    batcher.take(timeout_s=0)
+    time.sleep(0.1)  # rear falls silent: out of the live window
+    batcher.put("front", "front1")
+    started = time.monotonic()
+    assert batcher.take(timeout_s=1.0) == {"front": "front1"}
+    assert time.monotonic() - started < 0.1
+    batcher.close()
+    assert batcher.take(timeout_s=1.0) == {}
+    batcher.reopen()
+    time.sleep(0.1)  # front out of the live window too
+    batcher.put("rear", "rear1")
+    assert batcher.take(timeout_s=0) == {"rear": "rear1"}

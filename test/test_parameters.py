@@ -9,9 +9,9 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from prune_perception.ros.bag_player_node import BAG_PLAYER_PARAMETERS
+from prune_perception.ros.detector_pipeline import DETECTOR_PARAMETERS
 from prune_perception.ros.evaluator_node import EVALUATOR_PARAMETERS
 from prune_perception.ros.parameters import (
-    DETECTOR_PARAMETERS,
     ParameterValidationError,
     declare_parameters,
     markdown_table,
@@ -27,7 +27,8 @@ def test_yaml_lists_every_parameter_with_its_default():
     values = document["/**"]["ros__parameters"]
     assert list(values) == [spec.name for spec in DETECTOR_PARAMETERS]
     for spec in DETECTOR_PARAMETERS:
-        assert values[spec.name] == spec.default and type(values[spec.name]) is type(spec.default), spec.name
+        value = tuple(values[spec.name]) if isinstance(spec.default, tuple) else values[spec.name]
+        assert value == spec.default and type(value) is type(spec.default), spec.name
 
 
 def test_presets_only_set_declared_parameters_with_valid_values():
@@ -80,6 +81,7 @@ def test_bad_values_are_all_reported_at_once(rclpy_session):
         Parameter("backend", value="tflite"),
         Parameter("device", value="gpu0"),
         Parameter("qos_depth", value=0),
+        Parameter("cameras", value=["front", "front"]),
     ])
     try:
         with pytest.raises(ParameterValidationError) as error:
@@ -90,6 +92,7 @@ def test_bad_values_are_all_reported_at_once(rclpy_session):
         assert "backend='tflite' is not one of ['auto', 'onnxruntime', 'tensorrt', 'torch']" in message
         assert "device='gpu0' must be auto, cpu, cuda or cuda:N" in message
         assert "qos_depth is outside its allowed range [1, 1000]" in message
+        assert "cameras: ['front', 'front'] names a camera twice" in message
     finally:
         node.destroy_node()
 
@@ -102,12 +105,13 @@ def test_run_time_changes_are_validated_and_applied(rclpy_session, yolox_nano_pa
     node = DetectorNode(parameter_overrides=[Parameter("model_path", value=str(yolox_nano_path))])
     try:
         deadline = time.monotonic() + 30
-        while node.detector is None and time.monotonic() < deadline:
+        pipeline = node.pipeline
+        while pipeline.detector is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert node.detector is not None, node.model_error
+        assert pipeline.detector is not None, pipeline.model_error
         results = node.set_parameters([Parameter("score_threshold", value=0.55), Parameter("max_detections", value=7)])
         assert all(r.successful for r in results)
-        assert node.detector.config.score_threshold == 0.55 and node.detector.config.max_detections == 7
+        assert pipeline.detector.config.score_threshold == 0.55 and pipeline.detector.config.max_detections == 7
 
         assert not node.set_parameters([Parameter("score_threshold", value=1.5)])[0].successful
         assert not node.set_parameters([Parameter("class_id_format", value="label")])[0].successful
@@ -116,7 +120,7 @@ def test_run_time_changes_are_validated_and_applied(rclpy_session, yolox_nano_pa
         assert not result.successful and "must not exceed" in result.reason
 
         assert node.set_parameters([Parameter("latency_budget_ms", value=20.0)])[0].successful
-        assert node.stats.budget_ms == 20.0
-        assert node.detector.config.score_threshold == 0.55  # rejected changes changed nothing
+        assert pipeline.cameras[0].stats.budget_ms == 20.0
+        assert pipeline.detector.config.score_threshold == 0.55  # rejected changes changed nothing
     finally:
         node.destroy_node()

@@ -163,7 +163,8 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
         calibration = [preprocessor(frame)[0] for frame in iter_unlabelled_frames([str(args.calibration)], args.calibration_images)]
     engine = build_engine(args.onnx, args.output or args.onnx.with_suffix(".engine"), EngineBuildConfig(
         precision=args.precision, workspace_mb=args.workspace_mb, timing_cache=args.timing_cache,
-        dla_core=args.dla_core, calibrator=args.calibrator, sparse_weights=args.sparse_weights), calibration)
+        dla_core=args.dla_core, calibrator=args.calibrator, sparse_weights=args.sparse_weights,
+        max_batch=args.max_batch), calibration)
     print(engine)
     return 0
 
@@ -236,7 +237,7 @@ def cmd_eval_bag(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     truth = TruthSource(kind=args.truth, topic=args.truth_topic, coco_json=args.coco_json, teacher_model=args.teacher)
     if args.mode == "live":
-        from prune_perception.eval.bag_live_eval import evaluate_bag_live
+        from prune_perception.ros.bag_live_eval import evaluate_bag_live
 
         results, facts = evaluate_bag_live(args.bag, models, truth, args.output, image_topic=args.topic,
                                            rate=args.rate, budget_ms=args.budget_ms, max_frames=args.max_frames)
@@ -317,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
                                help="images folder or video for implicit INT8 calibration (TensorRT 10.x, no Q/DQ)")
             stage.add_argument("--calibration-images", type=int, default=64)
             stage.add_argument("--sparse-weights", action="store_true", help="allow 2:4 sparse kernels")
+            stage.add_argument("--max-batch", type=int, default=1, help="optimization profile up to this batch "
+                               "(the camera count; the ONNX needs a dynamic batch axis)")
             stage.set_defaults(handler=cmd_build_engine)
 
     sample = commands.add_parser("train-sample", help="train the sample teacher (small YOLOX) on synthetic scenes")

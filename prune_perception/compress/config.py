@@ -280,9 +280,15 @@ class ExportSection:
     """Build TensorRT engines where TensorRT is installed (skipped with a message elsewhere)."""
     tensorrt_precision: str = "fp16"
     tensorrt_workspace_mb: int = 2048
+    max_batch: int = 1
+    """The cameras one model call serves: above 1, the ONNX files get a dynamic batch axis and the
+    engines an optimization profile up to this batch (a multi-camera detector_node)."""
 
     def __post_init__(self) -> None:
         from prune_perception.export.modelopt_int8 import MODELOPT_CALIBRATION_METHODS
+
+        if self.max_batch < 1:
+            raise ValueError(f"max_batch must be >= 1, got {self.max_batch}")
 
         if self.modelopt_calibration not in MODELOPT_CALIBRATION_METHODS:
             raise ValueError(f"modelopt_calibration must be one of {MODELOPT_CALIBRATION_METHODS}, "

@@ -189,7 +189,8 @@ class CompressionRun:
             subset = self.subset if student else None
             export_onnx(model, path, self.student_names if student else self.class_names, spec, sample_inputs=samples,
                         decode_in_graph=self.config.export.decode_in_graph,
-                        class_ids=subset.teacher_ids if subset else None)
+                        class_ids=subset.teacher_ids if subset else None,
+                        dynamic_batch=self.config.export.max_batch > 1)
         return path
 
     def _require(self, path: Path, stage: str) -> Path:
@@ -443,7 +444,7 @@ class CompressionRun:
                 precision = "int8" if record.kind.startswith("int8") else export.tensorrt_precision
                 build_engine(Path(record.onnx), engine, EngineBuildConfig(
                     precision=precision, workspace_mb=export.tensorrt_workspace_mb,
-                    timing_cache=self.output_dir / "tensorrt.timing_cache",
+                    timing_cache=self.output_dir / "tensorrt.timing_cache", max_batch=export.max_batch,
                     sparse_weights=Path(record.onnx).parent.name in sparse), calibration_inputs=self.int8_calibration)
             notes.append(f"{record.name}: {engine}")
         return notes

@@ -3,7 +3,7 @@
 Ground truth comes from a Detection2DArray topic in the bag, a COCO json keyed by frame index or
 timestamp, or a teacher model's detections (fidelity mode: the report says so). Offline mode
 calls the :class:`Detector` directly on every frame: deterministic, and the per-stage latency
-is the runtime's own. (Live mode, through a real node over DDS, is in :mod:`bag_live_eval`.)
+is the runtime's own. (Live mode, through a real node over DDS, is in :mod:`prune_perception.ros.bag_live_eval`.)
 """
 
 from __future__ import annotations

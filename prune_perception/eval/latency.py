@@ -203,3 +203,43 @@ class FrameStatistics:
             in_node=LatencySummary.of(self._in_node.values(now_s)),
             stages={stage: LatencySummary.of(window.values(now_s)) for stage, window in self._stages.items()},
         )
+
+
+class CycleStatistics:
+    """Inference cycles of a batching node: how many images each model call ran, and how long a
+    cycle took from taking its frames to publishing the last camera's detections.
+
+    Example:
+        >>> cycles = CycleStatistics(window_s=5.0)
+        >>> cycles.record(0.1, batch_size=3, cycle_ms=40.0)
+        >>> cycles.values(0.1)["batch_size_3"]
+        1
+    """
+
+    def __init__(self, window_s: float = 5.0) -> None:
+        self.window_s = window_s
+        self._cycles = SlidingWindow(window_s)
+        self._sizes = SlidingWindow(window_s)
+        self.histogram: dict[int, int] = {}
+        """Cycles per batch size since the start."""
+
+    def record(self, now_s: float, batch_size: int, cycle_ms: float) -> None:
+        self._cycles.add(now_s, cycle_ms)
+        self._sizes.add(now_s, batch_size)
+        self.histogram[batch_size] = self.histogram.get(batch_size, 0) + 1
+
+    def values(self, now_s: float) -> dict[str, float | int]:
+        """Key/values for diagnostics: cycle rate and latency and mean batch in the window, and
+        the lifetime batch-size histogram (``batch_size_N``: cycles that ran N images)."""
+        cycle = LatencySummary.of(self._cycles.values(now_s))
+        sizes = self._sizes.values(now_s)
+        values: dict[str, float | int] = {
+            "window_s": self.window_s,
+            "cycle_rate_hz": self._cycles.rate_hz(now_s),
+            "mean_batch_size": float(np.mean(sizes)) if sizes else 0.0,
+            "cycle_p50_ms": cycle.p50_ms,
+            "cycle_p99_ms": cycle.p99_ms,
+            "total_cycles": sum(self.histogram.values()),
+        }
+        values.update({f"batch_size_{size}": count for size, count in sorted(self.histogram.items())})
+        return values

@@ -48,8 +48,13 @@ class EngineBuildConfig:
     sparse_weights: bool = False
     """Let the builder use 2:4 sparse kernels for weights that hold the pattern (Ampere or newer;
     TensorRT keeps the dense kernel where that one times faster)."""
+    max_batch: int = 1
+    """The optimization profile's largest batch (and the batch it is tuned for): the camera count
+    of a multi-camera node. Above 1 the ONNX needs a dynamic batch axis."""
 
     def __post_init__(self) -> None:
+        if self.max_batch < 1:
+            raise EngineBuildError(f"max_batch must be >= 1, got {self.max_batch}")
         if self.precision not in PRECISIONS:
             raise EngineBuildError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.calibrator not in CALIBRATORS:
@@ -145,11 +150,21 @@ def build_engine(
             builder_config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
         input_tensor = network.get_input(0)
         spec = metadata.input
-        shape = (1, 3, spec.height, spec.width) if spec.layout == "NCHW" else (1, spec.height, spec.width, 3)
+        image = (3, spec.height, spec.width) if spec.layout == "NCHW" else (spec.height, spec.width, 3)
+        dynamic_batch = int(input_tensor.shape[0]) < 0
+        if config.max_batch > 1 and not dynamic_batch:
+            raise EngineBuildError(f"max_batch {config.max_batch} needs an ONNX with a dynamic batch axis; {onnx_path} "
+                                   f"has batch {int(input_tensor.shape[0])} (export it with --dynamic-batch)")
+        smallest = trt.Dims([1, *image])
+        largest = trt.Dims([config.max_batch if dynamic_batch else 1, *image])
         profile = builder.create_optimization_profile()
-        dims = trt.Dims(list(shape))
-        profile.set_shape(input_tensor.name, dims, dims, dims)
+        profile.set_shape(input_tensor.name, smallest, largest, largest)  # min, opt, max
         builder_config.add_optimization_profile(profile)
+        if dynamic_batch and config.precision == "int8" and not qdq and major < 11:
+            # calibration runs at the profile's opt shape; the calibrator feeds batches of one
+            calibration = builder.create_optimization_profile()
+            calibration.set_shape(input_tensor.name, smallest, smallest, smallest)
+            builder_config.set_calibration_profile(calibration)
         if config.dla_core is not None:
             builder_config.default_device_type = trt.DeviceType.DLA
             builder_config.DLA_core = config.dla_core

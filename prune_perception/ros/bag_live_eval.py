@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import rclpy
 
 from prune_perception.bags.camera_bag import (
     COMPRESSED_TYPE,
@@ -26,6 +27,8 @@ from prune_perception.bags.camera_bag import (
 )
 from prune_perception.eval.bag_eval import FrameRecord, ModelResult, TruthSource, load_coco_truth
 from prune_perception.eval.coco_eval import CocoMetrics, ImageBoxes, evaluate_detections
+from prune_perception.ros.detection_messages import msg_to_arrays
+from prune_perception.ros.live_session import NodeProcess, ros_arguments, run_with_player
 from prune_perception.runtime.detector import Detector, DetectorConfig
 from prune_perception.runtime.metadata import load_sidecar
 
@@ -69,11 +72,6 @@ def evaluate_bag_live(bag: str | Path, models: dict[str, str | Path], truth_sour
                       output_dir: str | Path, *, image_topic: str | None = None, rate: float = 1.0,
                       budget_ms: float = 50.0, max_frames: int = 0, device: str = "cpu",
                       detector_params: dict[str, Any] | None = None) -> tuple[list[ModelResult], dict[str, Any]]:
-    import rclpy
-
-    from prune_perception.ros.detection_messages import msg_to_arrays
-    from prune_perception.ros.live_session import NodeProcess, ros_arguments, run_with_player
-
     bag, output = Path(bag), Path(output_dir)
     if not models:
         raise BagError("no models to evaluate")
