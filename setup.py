@@ -17,6 +17,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + [f"{PACKAGE}/ros/fastdds_large_images.xml"]),
         (f"share/{PACKAGE}/config/presets", glob("config/presets/*.yaml")),
+        (f"share/{PACKAGE}/config/rigs", glob("config/rigs/*.yaml")),
     ],
     install_requires=["setuptools"],
     zip_safe=True,

@@ -13,6 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))
 NODE_TOPICS = {
     "detector_node": {IMAGE_TOPIC, COMPRESSED_IMAGE_TOPIC, DETECTIONS_TOPIC},
+    "managed_detector_node": {IMAGE_TOPIC, COMPRESSED_IMAGE_TOPIC, DETECTIONS_TOPIC},
     "video_publisher": {"image_raw", "image_raw/compressed"},
     "bag_player": set(),
     "sim_camera": {"image_raw", "camera_info", "ground_truth"},
@@ -52,14 +53,15 @@ def constants(node):
 
 def test_there_are_launch_files():
     assert {p.name for p in LAUNCH_FILES} >= {"detector.launch.py", "video_demo.launch.py", "replay.launch.py",
-                                              "sim.launch.py", "carla.launch.py", "gazebo.launch.py"}
+                                              "sim.launch.py", "carla.launch.py", "gazebo.launch.py",
+                                              "surround.launch.py", "managed_detector.launch.py"}
 
 
 @pytest.mark.parametrize("path", LAUNCH_FILES, ids=lambda p: p.name)
 def test_launch_file_names_existing_things(path):
     tree = ast.parse(path.read_text())
     scripts = console_scripts()
-    nodes = calls(tree, "Node")
+    nodes = calls(tree, "Node") + calls(tree, "LifecycleNode")
     assert nodes or calls(tree, "IncludeLaunchDescription"), "launch file starts no node"
     for node in nodes:
         assert literal(tree, keyword(node, "package")) == "prune_perception"
@@ -74,7 +76,7 @@ def test_launch_file_names_existing_things(path):
     for join in calls(tree, "PathJoinSubstitution"):
         parts = join.args[0].elts[1:]
         if any(not isinstance(p, ast.Constant) for p in parts):
-            continue  # the preset path, checked below
+            continue  # the preset and rig paths, checked below
         relative = Path(*[p.value for p in parts])
         source = ROOT / relative
         if relative.name == "fastdds_large_images.xml":
@@ -88,6 +90,9 @@ def test_launch_file_names_existing_things(path):
         default = literal(tree, keyword(preset, "default_value"))
         for name in names + [default]:
             assert (ROOT / "config" / "presets" / f"{name}.yaml").exists(), f"preset {name} missing"
+    for rig in [c for c in calls(tree, "DeclareLaunchArgument") if c.args[0].value == "rig"]:
+        for name in literal(tree, keyword(rig, "choices")) + [literal(tree, keyword(rig, "default_value"))]:
+            assert (ROOT / "config" / "rigs" / f"{name}.yaml").exists(), f"rig {name} missing"
 
 
 def test_included_launch_files_exist():
@@ -100,5 +105,6 @@ def test_included_launch_files_exist():
 def test_setup_installs_what_launch_files_use():
     setup = (ROOT / "setup.py").read_text()
     for needed in ('glob("launch/*.launch.py")', 'glob("config/*.yaml")', 'glob("config/presets/*.yaml")',
+                   'glob("config/rigs/*.yaml")',
                    "fastdds_large_images.xml"):
         assert needed in setup

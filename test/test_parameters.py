@@ -33,12 +33,14 @@ def test_yaml_lists_every_parameter_with_its_default():
 
 def test_presets_only_set_declared_parameters_with_valid_values():
     specs = {spec.name: spec for spec in DETECTOR_PARAMETERS}
-    presets = sorted((ROOT / "config" / "presets").glob("*.yaml"))
-    assert {p.stem for p in presets} >= {"desktop_cpu", "jetson_orin"}
+    presets = sorted((ROOT / "config" / "presets").glob("*.yaml")) + sorted((ROOT / "config" / "rigs").glob("*.yaml"))
+    assert {p.stem for p in presets} >= {"desktop_cpu", "jetson_orin", "surround_4", "surround_6"}
     for preset in presets:
         values = yaml.safe_load(preset.read_text())["/**"]["ros__parameters"]
         for name, value in values.items():
             assert name in specs, f"{preset.name}: unknown parameter {name}"
+            if isinstance(specs[name].default, tuple):
+                value = tuple(value)
             assert type(value) is type(specs[name].default), f"{preset.name}: {name} has the wrong type"
             assert specs[name].check(value) is None, f"{preset.name}: {specs[name].check(value)}"
 
