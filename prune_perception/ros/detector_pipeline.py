@@ -133,6 +133,7 @@ def require_model_path(params: dict[str, Any]) -> None:
 
 @dataclass
 class _ReceivedFrame:
+    camera: "_Camera"
     msg: Image | CompressedImage
     received_s: float  # time.perf_counter() when the callback ran
 
@@ -175,9 +176,11 @@ class DetectorPipeline:
     Diagnostics are published from construction to :meth:`destroy`, whatever runs.
     """
 
-    def __init__(self, node: Node, params: dict[str, Any]) -> None:
+    def __init__(self, node: Node, params: dict[str, Any], worker_loads_model: bool = True) -> None:
         self.node = node
         self.params = params
+        self.worker_loads_model = worker_loads_model
+        """The plain node's worker loads the model (and retries); a managed node loads it at configure."""
         self.cameras = [_Camera(name, params) for name in (params["cameras"] or ("",))]
         self.multi_camera = bool(params["cameras"])
         self.cycles = CycleStatistics(params["statistics_window_s"])
@@ -256,7 +259,7 @@ class DetectorPipeline:
             self.model_error = str(exc)
             retry = self.params["model_retry_period_s"]
             self.node.get_logger().error(
-                f"cannot run the model: {exc}" + (f" (retrying every {retry:g} s)" if retry > 0 and not self.state_note else "")
+                f"cannot run the model: {exc}" + (f" (retrying every {retry:g} s)" if retry > 0 and self.worker_loads_model else "")
             )
             return False
         self.detector, self.model_error = detector, None
@@ -295,7 +298,7 @@ class DetectorPipeline:
             camera.debug_image_pub = (node.create_publisher(Image, f"{camera.debug_namespace}/image", 1)
                                       if params["publish_debug_image"] else None)
             camera.subscription = node.create_subscription(
-                message_type, camera.image_topic, lambda msg, name=camera.name: self._on_image(name, msg), qos)
+                message_type, camera.image_topic, lambda msg, camera=camera: self._on_image(camera, msg), qos)
         self._batcher.reopen()
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run_worker, args=(self._stop,), name="inference", daemon=True)
@@ -331,23 +334,19 @@ class DetectorPipeline:
         self._diagnostics_timer.cancel()
 
     # ----------------------------------------------------------------- data path
-    def _on_image(self, camera_name: str, msg: Image | CompressedImage) -> None:
+    def _on_image(self, camera: _Camera, msg: Image | CompressedImage) -> None:
         received = time.perf_counter()
-        replaced_unprocessed = self._batcher.put(camera_name, _ReceivedFrame(msg, received))
-        camera = self._camera(camera_name)
+        replaced_unprocessed = self._batcher.put(camera.name, _ReceivedFrame(camera, msg, received))
         with self._stats_lock:
             camera.stats.record_input(received)
             if replaced_unprocessed:
                 camera.stats.record_drop(received)
 
-    def _camera(self, name: str) -> _Camera:
-        return next(camera for camera in self.cameras if camera.name == name)
-
     def _run_worker(self, stop: threading.Event) -> None:
         while not stop.is_set():
             if self.detector is None:
                 retry = self.params["model_retry_period_s"]
-                if self.state_note is not None or not self.load_model():  # a managed node loads at configure
+                if not self.worker_loads_model or not self.load_model():
                     stop.wait(retry if retry > 0 else None)
                     continue
             batch = self._batcher.take(timeout_s=0.2)
@@ -359,8 +358,8 @@ class DetectorPipeline:
         assert detector is not None
         started = time.perf_counter()
         converted: list[_ConvertedFrame] = []
-        for name, frame in batch.items():
-            camera = self._camera(name)
+        for frame in batch.values():
+            camera, name = frame.camera, frame.camera.name
             start = time.perf_counter()
             try:
                 msg = frame.msg
@@ -388,8 +387,9 @@ class DetectorPipeline:
         detected = time.perf_counter()
         for item, result in zip(converted, results):
             self._publish(item, result, detected)
+        done = time.perf_counter()
         with self._stats_lock:
-            self.cycles.record(time.perf_counter(), len(converted), (time.perf_counter() - started) * 1e3)
+            self.cycles.record(done, len(converted), (done - started) * 1e3)
 
     def _publish(self, item: _ConvertedFrame, result: DetectionResult, detected: float) -> None:
         camera, msg = item.camera, item.frame.msg

@@ -28,7 +28,7 @@ from prune_perception.ros.parameters import ParameterValidationError, declare_pa
 class ManagedDetectorNode(LifecycleNode):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__("managed_detector_node", **kwargs)
-        self.pipeline = DetectorPipeline(self, declare_parameters(self, DETECTOR_PARAMETERS))
+        self.pipeline = DetectorPipeline(self, declare_parameters(self, DETECTOR_PARAMETERS), worker_loads_model=False)
         self._enter("unconfigured", model_error=None)
 
     def _enter(self, state: str, model_error: str | None = None) -> None:

@@ -104,6 +104,8 @@ class Detector:
         self.metadata = metadata
         self._check_output_layout()
         self.config = config or DetectorConfig()
+        self.max_batch = self.backend.max_batch()
+        """The most images one model call takes (None: any number); 1 for a fixed-batch model."""
         # the teacher id of each class of a specialized model, as an array once (indexed every frame)
         self._source_ids = np.asarray(metadata.class_ids, np.int64) if metadata.class_ids is not None else None
         self.preprocessor = Preprocessor(metadata.input)
@@ -126,11 +128,6 @@ class Detector:
     def update_config(self, **changes: float | int) -> None:
         """Change thresholds; validated before anything changes. Takes effect from the next frame."""
         self.config = dataclasses.replace(self.config, **changes)
-
-    @property
-    def max_batch(self) -> int | None:
-        """The most images one model call takes (None: any number); 1 for a fixed-batch model."""
-        return self.backend.max_batch()
 
     def detect(self, image: np.ndarray, pixel_format: str = "BGR") -> DetectionResult:
         """Detect objects in one image (``pixel_format``: BGR, RGB, BGRA, RGBA or GRAY)."""
