@@ -80,3 +80,15 @@ def batched_yolox_path(yolox_nano_path, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("batched") / "yolox_nano_batched.onnx"
     export_onnx(model, path, COCO_CLASSES, InputSpec(width=416, height=416), dynamic_batch=True)
     return path
+
+
+@pytest.fixture(scope="session")
+def good_frame(dashcam_path):
+    """The first frame of the dashcam clip (960x540 BGR)."""
+    import cv2
+
+    capture = cv2.VideoCapture(str(dashcam_path))
+    ok, frame = capture.read()
+    capture.release()
+    assert ok
+    return frame

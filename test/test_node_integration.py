@@ -4,27 +4,19 @@ test process. Asserts on detections, headers, diagnostics, overload behaviour an
 from __future__ import annotations
 
 import shutil
-import time
 
 import cv2
 import numpy as np
 import pytest
 from builtin_interfaces.msg import Time as TimeMsg
-from rclpy.node import Node
+from node_probe import Probe, stamped, start_detector, wait_ready
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Header
 
 from prune_perception.eval.latency import STAGES
 from prune_perception.ros.image_conversion import array_to_compressed_msg, array_to_image_msg
-from prune_perception.ros.live_session import (
-    DETECTOR_MODULE,
-    LiveRecorder,
-    NodeProcess,
-    ros_arguments,
-    run_live_session,
-)
+from prune_perception.ros.live_session import LiveRecorder, run_live_session
 from prune_perception.runtime.detector import Detector
 
 pytestmark = pytest.mark.ros
@@ -50,7 +42,8 @@ def test_live_dashcam_detections_headers_and_diagnostics(rclpy_session, yolox_na
         result = run_live_session(
             yolox_nano_path, dashcam_path, tmp_path, recorder=recorder, frame_rate_hz=10.0, max_frames=40,
             expected_subscribers=2,  # the node and this test's image listener
-            detector_params={"latency_budget_ms": 500.0, "intra_op_threads": 1},
+            # input_timeout_s: the last diagnostics come after the clip ended; silence is not what this checks
+            detector_params={"latency_budget_ms": 500.0, "intra_op_threads": 1, "input_timeout_s": 30.0},
         )
     finally:
         recorder.destroy_node()
@@ -123,74 +116,6 @@ def test_overload_drops_frames_and_latency_stays_bounded(
     # A frame waits at most for the one being processed: under two model runs plus transport.
     assert np.percentile(in_node, 95) < 3 * np.median(in_node) + 50.0, context
     assert end_to_end.max() < 1000.0, context  # a queue of 5 s of input would show up as seconds
-
-
-class Probe(Node):
-    """Publishes images into one namespaced detector and records what comes back."""
-
-    def __init__(self, namespace: str, compressed: bool = False) -> None:
-        super().__init__(f"probe_{namespace.strip('/')}")
-        self.namespace = namespace
-        self.image_pub = self.create_publisher(
-            CompressedImage if compressed else Image,
-            f"{namespace}/image_raw/compressed" if compressed else f"{namespace}/image_raw", RELIABLE,
-        )
-        self.clock_pub = self.create_publisher(Clock, "/clock", RELIABLE)
-        self.detections = []
-        self.end_to_end = []
-        self.debug_images = []
-        self.create_subscription(Image, f"{namespace}/detector_node/debug/image", self.debug_images.append, RELIABLE)
-        from std_msgs.msg import Float64
-        from vision_msgs.msg import Detection2DArray
-
-        self.create_subscription(Detection2DArray, f"{namespace}/detections", self.detections.append, RELIABLE)
-        self.create_subscription(Float64, f"{namespace}/detector_node/debug/end_to_end_ms",
-                                 lambda m: self.end_to_end.append(m.data), RELIABLE)
-        self.recorder = LiveRecorder(detector_name=f"{namespace.strip('/')}/detector_node",
-                                     detections_topic=f"{namespace}/detections")
-
-    def spin_until(self, condition, timeout_s, process=None):
-        import rclpy
-
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline and not condition():
-            rclpy.spin_once(self, timeout_sec=0.02)
-            rclpy.spin_once(self.recorder, timeout_sec=0.02)
-            if process is not None and process.returncode is not None:
-                raise AssertionError(f"node exited with {process.returncode}:\n{process.log_text()[-3000:]}")
-        return condition()
-
-    def diagnostics(self):
-        return self.recorder.latest_diagnostics()
-
-    def destroy(self):
-        self.recorder.destroy_node()
-        self.destroy_node()
-
-
-def stamped(sec: int, nanosec: int = 0) -> Header:
-    return Header(stamp=TimeMsg(sec=sec, nanosec=nanosec), frame_id="probe")
-
-
-def start_detector(tmp_path, namespace, **params) -> NodeProcess:
-    arguments = ros_arguments({"model_retry_period_s": 1.0, "intra_op_threads": 1, "qos_reliability": "reliable", **params},
-                              namespace=namespace)
-    return NodeProcess(DETECTOR_MODULE, arguments, tmp_path / f"{namespace.strip('/')}.log").start()
-
-
-@pytest.fixture(scope="module")
-def good_frame(dashcam_path):
-    capture = cv2.VideoCapture(str(dashcam_path))
-    ok, frame = capture.read()
-    capture.release()
-    assert ok
-    return frame
-
-
-def wait_ready(probe, process, timeout_s=60):
-    ready = probe.spin_until(lambda: (d := probe.diagnostics()) is not None and d.values.get("model_ready") == "true",
-                             timeout_s, process)
-    assert ready, process.log_text()[-3000:]
 
 
 def test_bad_raw_images_are_reported_and_good_frames_still_processed(rclpy_session, yolox_nano_path, good_frame, tmp_path):

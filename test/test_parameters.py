@@ -70,7 +70,8 @@ def test_node_declares_exactly_the_table(rclpy_session, yolox_nano_path):
         assert declared == {spec.name for spec in DETECTOR_PARAMETERS}
         descriptor = node.describe_parameter("score_threshold")
         assert descriptor.floating_point_range[0].to_value == 1.0 and not descriptor.read_only
-        assert node.describe_parameter("model_path").read_only
+        assert not node.describe_parameter("model_path").read_only  # a new model is swapped in at run time
+        assert node.describe_parameter("backend").read_only
         assert "one of: raw, compressed" in node.describe_parameter("input_transport").additional_constraints
     finally:
         node.destroy_node()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Sequence
 
 from prune_perception.eval.latency import FrameReport
 
@@ -23,8 +24,12 @@ class HealthThresholds:
     warn_deadline_miss_rate: float = 0.05
     error_deadline_miss_rate: float = 0.25
     warn_drop_rate: float = 0.5
+    input_timeout_s: float = 3.0
+    """An input (a camera, or /clock under use_sim_time) silent this long is WARN; 0: never."""
 
     def __post_init__(self) -> None:
+        if self.input_timeout_s < 0:
+            raise ValueError(f"input_timeout_s must be >= 0, got {self.input_timeout_s}")
         for name in ("warn_deadline_miss_rate", "error_deadline_miss_rate", "warn_drop_rate"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -34,13 +39,16 @@ class HealthThresholds:
 
 
 def evaluate_health(
-    report: FrameReport, thresholds: HealthThresholds, model_error: str | None = None, last_input_error: str | None = None
+    report: FrameReport, thresholds: HealthThresholds, model_error: str | None = None, last_input_error: str | None = None,
+    input_silence_s: float | None = None, warnings: Sequence[str] = (),
 ) -> tuple[HealthLevel, str]:
     """The worst applicable level and a one-line reason.
 
     ERROR: the model cannot run (``model_error``), inference failed in the window, or the deadline
-    miss rate reached ``error_deadline_miss_rate``. WARN: the miss rate reached
-    ``warn_deadline_miss_rate``, bad input frames arrived, or too many frames were dropped.
+    miss rate reached ``error_deadline_miss_rate``. WARN: no input for ``input_timeout_s``
+    (``input_silence_s``: seconds since the last frame, or since subscribing; None when not
+    subscribed), the miss rate reached ``warn_deadline_miss_rate``, bad input frames arrived, too
+    many frames were dropped, or any of the caller's ``warnings`` (e.g. a stopped sim clock).
     """
     if model_error:
         return HealthLevel.ERROR, f"model cannot run: {model_error}"
@@ -53,12 +61,15 @@ def evaluate_health(
     if report.frames_out and report.deadline_miss_rate >= thresholds.error_deadline_miss_rate:
         return HealthLevel.ERROR, miss_text
     reasons = []
+    if input_silence_s is not None and 0 < thresholds.input_timeout_s <= input_silence_s:
+        reasons.append(f"no input for {input_silence_s:.1f} s")
     if report.frames_out and report.deadline_miss_rate >= thresholds.warn_deadline_miss_rate:
         reasons.append(miss_text)
     if report.input_errors:
         reasons.append(f"{report.input_errors} bad input frame(s)" + (f", last: {last_input_error}" if last_input_error else ""))
     if report.frames_in and report.drop_rate >= thresholds.warn_drop_rate:
         reasons.append(f"{report.dropped}/{report.frames_in} frames dropped: input faster than the model")
+    reasons += warnings
     if reasons:
         return HealthLevel.WARN, "; ".join(reasons)
     if report.frames_in == 0:

@@ -130,6 +130,8 @@ class FrameStatistics:
         self._in_node = SlidingWindow(window_s)
         self._stages = {stage: SlidingWindow(window_s) for stage in STAGES}
         self.totals = {"in": 0, "out": 0, "dropped": 0, "misses": 0, "input_errors": 0, "inference_errors": 0}
+        self.last_input_s: float | None = None
+        """When the newest frame arrived (None before the first)."""
 
     def set_budget(self, budget_ms: float, deadline_reference: str | None = None) -> None:
         if budget_ms <= 0:
@@ -141,6 +143,7 @@ class FrameStatistics:
         self.budget_ms = budget_ms
 
     def record_input(self, now_s: float) -> None:
+        self.last_input_s = now_s
         self._inputs.add(now_s)
         self.totals["in"] += 1
 

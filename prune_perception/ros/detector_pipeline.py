@@ -21,6 +21,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
@@ -43,10 +44,12 @@ from prune_perception.ros.image_conversion import array_to_image_msg
 from prune_perception.ros.parameters import ParameterSpec, ParameterValidationError, spec_by_name
 from prune_perception.ros.qos import RELIABILITIES, image_qos
 from prune_perception.runtime.annotate import draw_detections
-from prune_perception.runtime.backends import BACKEND_CHOICES
-from prune_perception.runtime.backends.base import DEVICE_PATTERN
+from prune_perception.runtime.backends import BACKEND_CHOICES, resolve_backend_name
+from prune_perception.runtime.backends.base import DEVICE_PATTERN, require_model_file
 from prune_perception.runtime.detector import DetectionResult, Detector, DetectorConfig
 from prune_perception.runtime.frame_batcher import FrameBatcher
+from prune_perception.runtime.metadata import load_sidecar
+from prune_perception.runtime.model_slot import ModelSlot, ModelSwapError, SwapOutcome
 
 IMAGE_TOPIC = "image_raw"
 COMPRESSED_IMAGE_TOPIC = "image_raw/compressed"
@@ -57,7 +60,7 @@ CAMERA_LIVE_WINDOW_S = 1.0
 """A camera that sent nothing for this long is not waited for by an inference cycle."""
 _CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
 _DETECTOR_CONFIG_PARAMETERS = ("score_threshold", "nms_threshold", "max_detections")
-_HEALTH_PARAMETERS = ("warn_deadline_miss_rate", "error_deadline_miss_rate", "warn_drop_rate")
+_HEALTH_PARAMETERS = ("warn_deadline_miss_rate", "error_deadline_miss_rate", "warn_drop_rate", "input_timeout_s")
 
 
 def _check_device(value: Any) -> str | None:
@@ -76,8 +79,9 @@ def _check_cameras(value: Any) -> str | None:
 
 DETECTOR_PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec("model_path", "", "Model file: .onnx, TensorRT .engine/.plan, or torch .pt2/.pt/.pth. "
-                  "Its metadata sidecar (e.g. yolox.onnx.json) is read when present.", read_only=True,
-                  pattern_hint="non-empty path"),
+                  "Its metadata sidecar (e.g. yolox.onnx.json) is read when present. Set at run time, the new model "
+                  "loads in the background while the old one serves; a model that fails to load is refused and the "
+                  "parameter reverts.", pattern_hint="non-empty path"),
     ParameterSpec("backend", "auto", "Inference runtime; auto chooses by the model file's suffix.",
                   choices=BACKEND_CHOICES, read_only=True),
     ParameterSpec("device", "auto", "auto uses a CUDA GPU when the backend can, else the CPU.",
@@ -123,12 +127,43 @@ DETECTOR_PARAMETERS: tuple[ParameterSpec, ...] = (
                   "diagnostics are ERROR.", minimum=0.0, maximum=1.0),
     ParameterSpec("warn_drop_rate", 0.5, "Fraction of received frames dropped (input faster than the "
                   "model) from which diagnostics are WARN.", minimum=0.0, maximum=1.0),
+    ParameterSpec("input_timeout_s", 3.0, "A camera that sent no frame for this long (or, with use_sim_time, a "
+                  "/clock that stopped advancing) makes diagnostics WARN; 0 never warns.", minimum=0.0, maximum=3600.0),
 )
 
 
 def require_model_path(params: dict[str, Any]) -> None:
     if not params["model_path"]:
         raise ParameterValidationError("invalid parameters:\n  - model_path is required (path to a .onnx/.engine/.pt model)")
+
+
+def check_new_model_path(path: str, backend: str) -> str | None:
+    """Why a model_path set at run time is refused at once (None: it may be loaded): the quick
+    checks, before the background load that finds the rest (a corrupt graph, wrong outputs)."""
+    if not path:
+        return "model_path must not be empty"
+    try:
+        require_model_file(path)
+        resolve_backend_name(path, backend)
+        load_sidecar(Path(path))
+    except PrunePerceptionError as exc:
+        return f"model_path refused: {exc}"
+    return None
+
+
+class _ClockWatch:
+    """How long (steady time) the ROS clock has not moved: a stopped /clock under use_sim_time."""
+
+    def __init__(self) -> None:
+        self._last_ns: int | None = None
+        self._moved_s = time.monotonic()
+
+    def observe(self, now_ns: int) -> tuple[float, float]:
+        """(seconds since the clock last moved, the clock in seconds)."""
+        steady = time.monotonic()
+        if now_ns != self._last_ns:
+            self._last_ns, self._moved_s = now_ns, steady
+        return steady - self._moved_s, now_ns / 1e9
 
 
 @dataclass
@@ -188,13 +223,16 @@ class DetectorPipeline:
         self._stats_lock = threading.Lock()
         self._batcher: FrameBatcher[_ReceivedFrame] = FrameBatcher(
             [camera.name for camera in self.cameras], params["batch_wait_ms"] / 1e3, CAMERA_LIVE_WINDOW_S)
-        self.detector: Detector | None = None
+        self.model = ModelSlot(self._build_detector)
+        self._restoring_model_path = False
         self.model_error: str | None = "model not loaded yet"
         self.state_note: str | None = None
         """Set by a managed shell: its lifecycle state, shown in diagnostics."""
         self._last_logged: dict[str, float] = {}
         self._stop = threading.Event()
         self._worker: threading.Thread | None = None
+        self._subscribed_s = time.perf_counter()
+        self._sim_clock = _ClockWatch()
         self._diagnostics_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
         # Steady clock: health keeps being reported when the sim clock is paused or not running yet.
         self._diagnostics_timer = node.create_timer(
@@ -205,6 +243,11 @@ class DetectorPipeline:
     @property
     def running(self) -> bool:
         return self._worker is not None
+
+    @property
+    def detector(self) -> Detector | None:
+        """The serving model (None until loaded); :attr:`model` runs it and swaps it."""
+        return self.model.detector
 
     # ----------------------------------------------------------------- parameters
     @staticmethod
@@ -219,6 +262,8 @@ class DetectorPipeline:
             if spec is None:
                 continue  # e.g. use_sim_time, handled by rclpy
             problem = spec.check(parameter.value)
+            if problem is None and parameter.name == "model_path" and not self._restoring_model_path:
+                problem = self._check_model_swap(parameter.value)
             if problem:
                 return SetParametersResult(successful=False, reason=problem)
             candidate[parameter.name] = parameter.value
@@ -231,8 +276,10 @@ class DetectorPipeline:
     def _apply_parameter_changes(self, parameters: list[Parameter]) -> None:
         changed = {p.name: p.value for p in parameters if p.name in self.params}
         self.params.update(changed)
+        if "model_path" in changed and not self._restoring_model_path:
+            self._start_model_swap(changed["model_path"])
         if self.detector is not None and changed.keys() & set(_DETECTOR_CONFIG_PARAMETERS):
-            self.detector.update_config(**{k: self.params[k] for k in _DETECTOR_CONFIG_PARAMETERS})
+            self.detector.update_config(**self._config_values())
         if changed.keys() & set(_HEALTH_PARAMETERS):
             self._health_thresholds = self._make_health_thresholds(self.params)
         if changed.keys() & {"latency_budget_ms", "deadline_reference"}:
@@ -243,18 +290,29 @@ class DetectorPipeline:
             self.node.get_logger().info(f"parameters changed: {changed}")
 
     # ----------------------------------------------------------------- model
+    def _build_detector(self, path: Path) -> Detector:
+        detector = Detector(
+            path,
+            backend=self.params["backend"],
+            device=self.params["device"],
+            config=DetectorConfig(**self._config_values()),
+            intra_op_threads=self.params["intra_op_threads"],
+        )
+        try:
+            if self.params["warmup_runs"]:
+                detector.warmup(self.params["warmup_runs"])
+        except BaseException:
+            detector.close()
+            raise
+        return detector
+
+    def _config_values(self) -> dict[str, Any]:
+        return {k: self.params[k] for k in _DETECTOR_CONFIG_PARAMETERS}
+
     def load_model(self) -> bool:
         """Load and warm the model; on failure keep the reason (diagnostics show it) and log it."""
         try:
-            detector = Detector(
-                self.params["model_path"],
-                backend=self.params["backend"],
-                device=self.params["device"],
-                config=DetectorConfig(**{k: self.params[k] for k in _DETECTOR_CONFIG_PARAMETERS}),
-                intra_op_threads=self.params["intra_op_threads"],
-            )
-            if self.params["warmup_runs"]:
-                detector.warmup(self.params["warmup_runs"])
+            detector = self.model.load(Path(self.params["model_path"]))
         except (PrunePerceptionError, ValueError) as exc:
             self.model_error = str(exc)
             retry = self.params["model_retry_period_s"]
@@ -262,7 +320,11 @@ class DetectorPipeline:
                 f"cannot run the model: {exc}" + (f" (retrying every {retry:g} s)" if retry > 0 and self.worker_loads_model else "")
             )
             return False
-        self.detector, self.model_error = detector, None
+        self.model_error = None
+        self._log_model(detector)
+        return True
+
+    def _log_model(self, detector: Detector) -> None:
         metadata = detector.metadata
         batch = detector.max_batch
         self.node.get_logger().info(
@@ -276,12 +338,44 @@ class DetectorPipeline:
                 f"runs {-(-len(self.cameras) // batch)} model calls; for one call, export it with a dynamic batch axis "
                 "(prune-perception compress with export.max_batch > 1)"
             )
-        return True
 
     def release_model(self) -> None:
-        if self.detector is not None:
-            self.detector.close()
-        self.detector = None
+        self.model.close()
+
+    # ----------------------------------------------------------------- hot model swap
+    def _check_model_swap(self, path: str) -> str | None:
+        problem = check_new_model_path(path, self.params["backend"])
+        if problem is None and self.model.loading is not None:
+            problem = f"model_path refused: a swap to {self.model.loading} is still loading"
+        return problem
+
+    def _start_model_swap(self, path: str) -> None:
+        """A new model_path: with a model serving, load the new one beside it and swap; with none
+        (not loaded yet, or unconfigured), the next load takes the new path."""
+        if self.detector is None:
+            return
+        self.node.get_logger().info(f"loading {path} in the background; {self.detector.model_path} serves meanwhile")
+        try:
+            self.model.swap_in_background(Path(path), prepare=lambda new: new.update_config(**self._config_values()),
+                                          done=self._on_model_swapped)
+        except ModelSwapError as exc:  # validated against, so only a race of two parameter sets
+            self.node.get_logger().error(str(exc))
+
+    def _on_model_swapped(self, outcome: SwapOutcome) -> None:
+        logger = self.node.get_logger()
+        detector = self.detector
+        if outcome.succeeded:
+            logger.info(outcome.message)
+            if detector is not None:
+                self._log_model(detector)
+            return
+        logger.error(outcome.message)
+        if detector is not None:  # the parameter tells what serves: put it back
+            self._restoring_model_path = True
+            try:
+                self.node.set_parameters([Parameter("model_path", value=str(detector.model_path))])
+            finally:
+                self._restoring_model_path = False
 
     # ----------------------------------------------------------------- start / stop
     def start(self) -> None:
@@ -300,6 +394,7 @@ class DetectorPipeline:
             camera.subscription = node.create_subscription(
                 message_type, camera.image_topic, lambda msg, camera=camera: self._on_image(camera, msg), qos)
         self._batcher.reopen()
+        self._subscribed_s = time.perf_counter()
         self._stop = threading.Event()
         self._worker = threading.Thread(target=self._run_worker, args=(self._stop,), name="inference", daemon=True)
         self._worker.start()
@@ -344,18 +439,19 @@ class DetectorPipeline:
 
     def _run_worker(self, stop: threading.Event) -> None:
         while not stop.is_set():
-            if self.detector is None:
+            if self.model.detector is None:
                 retry = self.params["model_retry_period_s"]
                 if not self.worker_loads_model or not self.load_model():
                     stop.wait(retry if retry > 0 else None)
                     continue
             batch = self._batcher.take(timeout_s=0.2)
             if batch and not stop.is_set():
-                self._process(batch)
+                try:
+                    self._process(batch)
+                except Exception as exc:  # a bug must cost its frames, never the worker
+                    self._log_error_throttled(f"frame processing failed: {type(exc).__name__}: {exc}", "processing")
 
     def _process(self, batch: dict[str, _ReceivedFrame]) -> None:
-        detector = self.detector
-        assert detector is not None
         started = time.perf_counter()
         converted: list[_ConvertedFrame] = []
         for frame in batch.values():
@@ -377,12 +473,16 @@ class DetectorPipeline:
         if not converted:
             return
         try:
-            results = detector.detect_batch([(item.image, item.pixel_format) for item in converted])
-        except InferenceError as exc:
+            with self.model.use() as detector:  # a model swap waits until this call is done
+                if detector is None:
+                    raise InferenceError("the model was released")
+                results = detector.detect_batch([(item.image, item.pixel_format) for item in converted])
+        except Exception as exc:  # whatever a backend raises, only this cycle's frames fail
             with self._stats_lock:
                 for item in converted:
                     item.camera.stats.record_inference_error(time.perf_counter())
-            self._log_error_throttled(f"inference failed: {exc}", "inference")
+            what = str(exc) if isinstance(exc, InferenceError) else f"{type(exc).__name__}: {exc}"
+            self._log_error_throttled(f"inference failed: {what}", "inference")
             return
         detected = time.perf_counter()
         for item, result in zip(converted, results):
@@ -421,6 +521,27 @@ class DetectorPipeline:
             camera.debug_image_pub.publish(
                 array_to_image_msg(draw_detections(bgr, result.detections, status), "bgr8", msg.header))
 
+    def _node_warnings(self, values: dict[str, str]) -> list[str]:
+        """Problems of the whole node, not of one camera: a stopped sim clock, a refused model swap.
+        Each also goes into ``values``."""
+        warnings = []
+        timeout = self.params["input_timeout_s"]
+        if self.node.get_parameter("use_sim_time").value:
+            stalled_s, sim_now_s = self._sim_clock.observe(self.node.get_clock().now().nanoseconds)
+            values["sim_time_s"] = f"{sim_now_s:.3f}"
+            if timeout > 0 and stalled_s >= timeout:
+                problem = (f"use_sim_time is set but no /clock arrived for {stalled_s:.1f} s" if sim_now_s == 0 else
+                           f"sim clock stopped: /clock has not advanced for {stalled_s:.1f} s (at {sim_now_s:.3f} s)")
+                values["sim_clock"] = problem
+                warnings.append(problem)
+        if self.model.loading is not None:
+            values["model_swap"] = f"loading {self.model.loading}"
+        elif (swap := self.model.last_swap) is not None:
+            values["model_swap"] = swap.message
+            if not swap.succeeded and time.monotonic() - swap.finished_s < self.params["statistics_window_s"]:
+                warnings.append(swap.message)
+        return warnings
+
     def _log_error_throttled(self, message: str, reason: str, period_s: float = 2.0) -> None:
         """Log at most every ``period_s`` per kind of problem (the text before its first ':'),
         so that a stream of bad frames cannot flood the log but each new problem is seen."""
@@ -435,7 +556,7 @@ class DetectorPipeline:
         now = time.perf_counter()
         detector = self.detector
         extra = {
-            "model_path": self.params["model_path"],
+            "model_path": str(detector.model_path) if detector else self.params["model_path"],
             "backend": detector.backend_name if detector else self.params["backend"],
             "device": detector.device if detector else self.params["device"],
             "model_ready": str(detector is not None).lower(),
@@ -444,6 +565,7 @@ class DetectorPipeline:
             extra["lifecycle_state"] = self.state_note
         if self.model_error:
             extra["model_error"] = self.model_error
+        warnings = self._node_warnings(extra)
         hardware = f"{extra['backend']}:{extra['device']}"
         fqn = self.node.get_fully_qualified_name()
         statuses: list[DiagnosticStatus] = []
@@ -451,7 +573,11 @@ class DetectorPipeline:
         for camera in self.cameras:
             with self._stats_lock:
                 report = camera.stats.report(now)
-            level, message = evaluate_health(report, self._health_thresholds, self.model_error, camera.last_input_error)
+            silence = None
+            if self.running:  # not subscribed (inactive): no input is expected
+                silence = now - max(camera.stats.last_input_s or self._subscribed_s, self._subscribed_s)
+            level, message = evaluate_health(report, self._health_thresholds, self.model_error, camera.last_input_error,
+                                             silence, warnings)
             values = dict(extra)
             if camera.last_input_error:
                 values["last_input_error"] = camera.last_input_error

@@ -57,15 +57,16 @@ def ros_arguments(params: dict[str, Any], params_files: list[Path] = (), remaps:
 class NodeProcess:
     """One node in its own Python process (``python -m <module> --ros-args ...``), logging to a file."""
 
-    def __init__(self, module: str, ros_args: list[str], log_path: Path) -> None:
+    def __init__(self, module: str, ros_args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.module, self.ros_args, self.log_path = module, ros_args, Path(log_path)
+        self.env = {**os.environ, **(env or {})}
         self.process: subprocess.Popen | None = None
 
     def start(self) -> "NodeProcess":
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", self.module, *self.ros_args], stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ)
+            [sys.executable, "-m", self.module, *self.ros_args], stdout=log, stderr=subprocess.STDOUT, env=self.env
         )
         log.close()
         return self
