@@ -23,3 +23,7 @@ class InferenceError(PrunePerceptionError):
 
 class ImageFormatError(PrunePerceptionError):
     """An input image cannot be interpreted (bad encoding, truncated data, corrupt compression)."""
+
+
+class OutputWriteError(PrunePerceptionError):
+    """An output could not be written (disk full, no permission); nothing partial was left."""

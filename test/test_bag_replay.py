@@ -80,3 +80,33 @@ def test_a_player_failure_is_reported_not_hidden(drive, tmp_path):
     finally:
         if owns_context:
             rclpy.try_shutdown()
+
+
+def test_a_bag_truncated_during_live_replay_is_an_error_and_no_report(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    bag = tmp_path / "long_drive"
+    video_to_bag(None, bag, synthetic_frames=80, fps=10.0, scene=SCENE, progress=False)
+    model = constant_detector(tmp_path / "constant.onnx", (20, 20, 60, 60), 0.8, classes=SCENE_CLASSES)
+    output = tmp_path / "report"
+    player_log = output / "live" / "m" / "bag_player.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "prune_perception.cli.main", "eval-bag", str(bag), "--model", f"m={model}", "--mode",
+         "live", "--rate", "1", "--output", str(output), "--no-progress"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (player_log.exists() and "playing" in player_log.read_text()):
+        assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+        time.sleep(0.05)
+    time.sleep(1.0)  # a few frames played; then the disk loses the rest of the file
+    (storage,) = bag.glob("*.mcap")
+    with open(storage, "r+b") as stream:
+        stream.truncate(os.path.getsize(storage) // 3)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 1, stderr
+    assert "stopped: cannot read" in stderr and "the bag is truncated or damaged" in stderr, stderr
+    assert "No report was written" in stderr and "Traceback" not in stderr
+    assert not (output / "report.json").exists() and not (output / "report.md").exists()

@@ -14,7 +14,14 @@ from prune_perception.compress.losses import (
     distillation_loss,
 )
 from prune_perception.compress.prune import PruneConfig, prune_model
-from prune_perception.compress.train import TrainConfig, Trainer, batch_for_step, ramped_ema_update
+from prune_perception.compress.train import (
+    CHECKPOINT_NAME,
+    PREVIOUS_CHECKPOINT_NAME,
+    TrainConfig,
+    Trainer,
+    batch_for_step,
+    ramped_ema_update,
+)
 from prune_perception.data.augment import AugmentConfig, Sample, augment, horizontal_flip, letterbox
 from prune_perception.data.datasets import load_yolo_dataset
 from prune_perception.models.weights import load_onnx_weights
@@ -168,6 +175,37 @@ def test_interrupted_training_resumes_to_the_same_weights(teacher, samples, tmp_
     result = trainer.fit(progress=False)
     assert result.resumed_from_step == 3 and [h["step"] for h in result.history] == list(range(8))
     for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_a_corrupt_checkpoint_falls_back_to_the_previous_one_and_says_so(teacher, samples, tmp_path, caplog):
+    config = TrainConfig(steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=2, checkpoint_every=2, ema_decay=0.9)
+    augment_config = AugmentConfig(input_size=SIZE)
+    start = pruned(teacher)
+    reference = copy.deepcopy(start)
+    Trainer(reference, teacher, samples, config, tmp_path / "straight", augment_config).fit(progress=False)
+
+    folder = tmp_path / "interrupted"
+    Trainer(copy.deepcopy(start), teacher, samples, config, folder, augment_config).fit(progress=False, stop_after=4)
+    newest = folder / CHECKPOINT_NAME  # step 4; the one of step 2 is kept beside it
+    assert (folder / PREVIOUS_CHECKPOINT_NAME).exists()
+    newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # torn by a crash or a bad disk
+    resumed = copy.deepcopy(start)
+    with caplog.at_level("WARNING"):
+        result = Trainer(resumed, teacher, samples, config, folder, augment_config).fit(progress=False)
+    assert result.resumed_from_step == 2, caplog.text
+    assert f"training checkpoint {newest} cannot be used" in result.resume_notes[0]
+    assert "resuming from the previous one, train_checkpoint.previous.pt" in caplog.text
+    for (name, a), b in zip(reference.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+    # Both damaged: the stage starts over from step 0, and says so.
+    for path in (newest, folder / PREVIOUS_CHECKPOINT_NAME):
+        path.write_bytes(b"not a checkpoint")
+    again = copy.deepcopy(start)
+    result = Trainer(again, teacher, samples, config, folder, augment_config).fit(progress=False)
+    assert result.resumed_from_step == 0 and "training starts over from step 0" in result.resume_notes[-1]
+    for (name, a), b in zip(reference.state_dict().items(), again.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 

@@ -28,6 +28,7 @@ from prune_perception.bags.typestore import bag_typestore
 from prune_perception.data.frame_source import FrameSourceError
 from prune_perception.data.image_codec import compressed_image_to_array, raw_image_to_array, to_bgr
 from prune_perception.errors import ImageFormatError
+from prune_perception.files import output_write_error
 from prune_perception.sim.scenes import pinhole_intrinsics
 from prune_perception.stamps import ns_to_sec_nanosec, stamp_to_ns
 
@@ -98,14 +99,23 @@ class CameraBagWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         assert self._staging is not None
+        failure = exc
         try:
             self._writer.close()
-            if exc_type is None:
+            if exc is None:
                 if self.overwrite and self.path.exists():
                     shutil.rmtree(self.path)
                 (self._staging / "bag").rename(self.path)
+        except Exception as error:
+            failure = failure or error
         finally:
             shutil.rmtree(self._staging, ignore_errors=True)
+        if failure is not None:
+            clear = output_write_error(self.path, failure)
+            if clear is not None:  # e.g. the disk filled up: say so, with nothing half-written left
+                raise clear from failure
+            if failure is not exc:
+                raise failure
 
     @property
     def has_ground_truth(self) -> bool:

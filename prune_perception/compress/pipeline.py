@@ -53,7 +53,7 @@ from prune_perception.eval.latency_benchmark import measure_latency
 from prune_perception.export.int8 import quantize_int8_qdq
 from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, quantize_int8_modelopt
 from prune_perception.export.onnx_export import export_onnx
-from prune_perception.files import write_json_atomic, write_text_atomic
+from prune_perception.files import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from prune_perception.models.pruned_checkpoint import save_pruned_checkpoint
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
 from prune_perception.models.yolox import build_yolox, residual_blocks
@@ -120,6 +120,7 @@ class CompressionRun:
                     f"; students keep {len(self.subset)} classes: {', '.join(self.subset.names)}" if self.subset else "")
         self._teacher: nn.Module | None = None
         self._data: CompressData | None = None
+        self._swept = False
 
     # ----------------------------------------------------------------- inputs, loaded once and on demand
     @property
@@ -381,6 +382,8 @@ class CompressionRun:
         result = trainer.fit(progress=self.progress)
         recovered = trainer.trained_model().cpu().eval()
         write_json_atomic(folder / "training_history.json", result.history)
+        if result.resume_notes:
+            write_json_atomic(folder / "training_notes.json", result.resume_notes)
         if masks is not None:
             sparsity = json.loads((folder / "sparsity.json").read_text())
             sparsity["after_training"] = masks.summary(recovered)
@@ -539,7 +542,10 @@ class CompressionRun:
                      "validation": [{"name": v.name, "images": len(v.items), "agnostic": v.agnostic,
                                      "classes": [self.class_names[i] for i in v.classes] if v.classes else "all"}
                                     for v in self.data.validation],
-                     "training_images": len(self.data.train_samples), "fidelity_frames": len(self.data.fidelity_frames)}
+                     "training_images": len(self.data.train_samples), "fidelity_frames": len(self.data.fidelity_frames),
+                     "training_notes": [f"{plan.label}: {note}" for plan in self.plans()
+                                        if (notes := self.output_dir / plan.label / "training_notes.json").exists()
+                                        for note in json.loads(notes.read_text())]}
         pruning = {plan.label: json.loads((self.output_dir / plan.label / "pruning.json").read_text())
                    for plan in self.plans() if (self.output_dir / plan.label / "pruning.json").exists()}
         teacher_channels = {name: m.out_channels for name, m in self.teacher.named_modules() if isinstance(m, nn.Conv2d)}
@@ -556,6 +562,10 @@ class CompressionRun:
         """One stage alone (the inputs it needs must exist); ``evaluate`` writes the report."""
         if stage not in STAGES:
             raise PrunePerceptionError(f"stage must be one of {STAGES}, got {stage!r}")
+        if not self._swept:  # what a killed run was writing when it died
+            for path in remove_stale_temporaries(self.output_dir):
+                LOGGER.info("removed %s, left half-written by an interrupted run", path)
+            self._swept = True
         handlers = {"prune": self.stage_prune, "distill": self.stage_distill, "export": self.stage_export,
                     "build-engine": self.stage_build_engine, "evaluate": self.stage_evaluate}
         handlers[stage]()

@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -31,10 +32,17 @@ from prune_perception.compress.class_subset import select_teacher_classes
 from prune_perception.compress.losses import DistillConfig, detection_loss, distillation_loss, feature_adapters
 from prune_perception.data.augment import AugmentConfig, Sample, augment
 from prune_perception.errors import PrunePerceptionError
-from prune_perception.files import atomic_output
+from prune_perception.files import atomic_stream
+
+
+class CheckpointSettingsError(PrunePerceptionError):
+    """A training checkpoint of another configuration sits where this run would resume."""
+
 
 LOGGER = logging.getLogger(__name__)
 CHECKPOINT_NAME = "train_checkpoint.pt"
+PREVIOUS_CHECKPOINT_NAME = "train_checkpoint.previous.pt"
+"""The checkpoint before the newest, kept so that a corrupt newest one costs one interval."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +90,8 @@ class TrainConfig:
 class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_step: int = 0
+    resume_notes: list[str] = field(default_factory=list)
+    """Checkpoints that could not be used, and what the run did instead."""
 
 
 def ramped_ema_update(decay: float, ramp_steps: int) -> Callable:
@@ -206,40 +216,79 @@ class Trainer:
             )
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.resume_notes: list[str] = []
+        """What went wrong resuming (a corrupt checkpoint), for the run's report."""
 
     # ---------------------------------------------------------------- checkpoints
     @property
     def checkpoint_path(self) -> Path:
         return self.output_dir / CHECKPOINT_NAME
 
-    def save_checkpoint(self) -> None:
-        if self.rank != 0:
-            return
-        state = {
-            "step": self.step,
+    @property
+    def previous_checkpoint_path(self) -> Path:
+        return self.output_dir / PREVIOUS_CHECKPOINT_NAME
+
+    def _resumable_state(self) -> dict[str, Any]:
+        return {
             "student": self.student.state_dict(),
             "adapters": self.adapters.state_dict() if self.adapters else None,
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "history": self.history,
-            "config": asdict(self.config),
         }
-        with atomic_output(self.checkpoint_path) as tmp:
-            torch.save(state, tmp)
+
+    def save_checkpoint(self) -> None:
+        if self.rank != 0:
+            return
+        state = {"step": self.step, **self._resumable_state(), "history": self.history, "config": asdict(self.config)}
+        if self.checkpoint_path.exists():
+            os.replace(self.checkpoint_path, self.previous_checkpoint_path)
+        with atomic_stream(self.checkpoint_path) as stream:
+            torch.save(state, stream)
 
     def try_resume(self) -> int:
-        """Continue from ``output_dir``'s checkpoint if there is one; return its step (0 if none)."""
-        if not self.checkpoint_path.exists():
+        """Continue from ``output_dir``'s newest readable checkpoint; return its step (0 if none).
+
+        A checkpoint that cannot be read (truncated, corrupt, not a checkpoint) is named in a
+        warning and the previous one is tried; with none left, training starts over from step 0.
+        One written with other training settings is an error: it is not this run's.
+        """
+        candidates = [path for path in (self.checkpoint_path, self.previous_checkpoint_path) if path.exists()]
+        if not candidates:
             return 0
-        state = torch.load(self.checkpoint_path, map_location=self.device, weights_only=True)
+        initial = copy.deepcopy(self._resumable_state())
+        for index, path in enumerate(candidates):
+            try:
+                self._load_checkpoint(path)
+            except CheckpointSettingsError:
+                raise
+            except Exception as exc:  # whatever torch.load or load_state_dict makes of a damaged file
+                self._apply_state(initial)
+                self.history, self.step = [], 0
+                then = (f"resuming from the previous one, {candidates[index + 1].name}" if index + 1 < len(candidates)
+                        else "training starts over from step 0")
+                note = f"training checkpoint {path} cannot be used ({type(exc).__name__}: {exc}); {then}"
+                LOGGER.warning(note)
+                self.resume_notes.append(note)
+                continue
+            LOGGER.info("resumed training from step %d of %d (%s)", self.step, self.config.steps, path.name)
+            return self.step
+        return 0
+
+    def _load_checkpoint(self, path: Path) -> None:
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if not isinstance(state, dict) or "config" not in state or "step" not in state:
+            raise ValueError("not a training checkpoint")
         saved = {k: v for k, v in state["config"].items() if k not in ("steps", "checkpoint_every")}
         current = {k: v for k, v in asdict(self.config).items() if k not in ("steps", "checkpoint_every")}
         if saved != current:
-            raise PrunePerceptionError(
-                f"{self.checkpoint_path} was written with other training settings; delete it to start over"
-            )
+            raise CheckpointSettingsError(f"{path} was written with other training settings; delete it to start over")
+        self._apply_state(state)
+        self.history = list(state["history"])
+        self.step = int(state["step"])
+
+    def _apply_state(self, state: dict[str, Any]) -> None:
         self.student.load_state_dict(state["student"])
         if self.adapters is not None and state["adapters"] is not None:
             self.adapters.load_state_dict(state["adapters"])
@@ -248,10 +297,6 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        self.history = list(state["history"])
-        self.step = int(state["step"])
-        LOGGER.info("resumed training from step %d of %d", self.step, self.config.steps)
-        return self.step
 
     # ---------------------------------------------------------------- training
     def _loss(self, images: torch.Tensor, targets: list[torch.Tensor | None],
@@ -329,7 +374,7 @@ class Trainer:
             if self.step % config.checkpoint_every == 0 or self.step == config.steps:
                 self.save_checkpoint()
         bar.close()
-        return TrainResult(list(self.history), resumed)
+        return TrainResult(list(self.history), resumed, list(self.resume_notes))
 
     def trained_model(self) -> nn.Module:
         """The EMA weights when EMA is on (usually the better model), else the student."""

@@ -113,6 +113,8 @@ def write_compress_report(output_dir: Path, records: Sequence[Any], histories: d
     ]
     if any(histories.values()):
         lines += ["## Training", "", *_training_sentences(histories), "", "![training curves](training_curves.png)", ""]
+    if run_facts.get("training_notes"):
+        lines += ["## Interrupted training", "", *(f"- {note}" for note in run_facts["training_notes"]), ""]
     write_text_atomic(output_dir / "report.md", "\n".join(lines))
     return summary
 

@@ -133,18 +133,19 @@ def export_onnx(
                     f"ONNX export differs from PyTorch by {max_abs_diff:.3g} ({relative_diff:.3g} of the output range, "
                     f"threshold {parity_threshold:g}); {output_path} was not written"
                 )
+            # The sidecar first, the model last: a run killed in between leaves no model without
+            # its sidecar (a resumed pipeline takes an existing model file as done).
+            metadata = ModelMetadata(
+                input=dataclasses.replace(input_spec, name=input_name),
+                decoder=DecoderSpec(strides=tuple(strides), decoded_in_graph=decode_in_graph, output_name="output"),
+                class_names=tuple(class_names),
+                class_ids=tuple(int(i) for i in class_ids) if class_ids is not None else None,
+            )
+            sidecar = write_sidecar(output_path, metadata, model_file=tmp)
     finally:
         model.train(was_training)
         if hasattr(model, "decode_in_graph"):
             model.decode_in_graph = previous_decode
-
-    metadata = ModelMetadata(
-        input=dataclasses.replace(input_spec, name=input_name),
-        decoder=DecoderSpec(strides=tuple(strides), decoded_in_graph=decode_in_graph, output_name="output"),
-        class_names=tuple(class_names),
-        class_ids=tuple(int(i) for i in class_ids) if class_ids is not None else None,
-    )
-    sidecar = write_sidecar(output_path, metadata)
     LOGGER.info("exported %s: %d -> %d nodes, max |onnx - torch| = %.3g (%.3g relative)",
                 output_path, nodes_before, nodes_after, max_abs_diff, relative_diff)
     return OnnxExportResult(output_path, sidecar, max_abs_diff, relative_diff, parity_threshold, nodes_before, nodes_after)

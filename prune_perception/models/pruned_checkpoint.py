@@ -14,7 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from prune_perception.files import atomic_output
+from prune_perception.files import atomic_stream
 
 PRUNED_CHECKPOINT_FORMAT = "prune_perception.pruned_checkpoint/1"
 
@@ -40,8 +40,8 @@ def save_pruned_checkpoint(path: str | Path, model: nn.Module, factory: str, fac
         "factory_kwargs": dict(factory_kwargs),
         "pruned_state": state,
     }
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_stream(path) as stream:
+        torch.save(payload, stream)
 
 
 def _is_primitive(value: Any) -> bool:

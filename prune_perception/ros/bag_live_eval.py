@@ -28,7 +28,7 @@ from prune_perception.bags.camera_bag import (
 from prune_perception.eval.bag_eval import FrameRecord, ModelResult, TruthSource, load_coco_truth
 from prune_perception.eval.coco_eval import CocoMetrics, ImageBoxes, evaluate_detections
 from prune_perception.ros.detection_messages import msg_to_arrays
-from prune_perception.ros.live_session import NodeProcess, ros_arguments, run_with_player
+from prune_perception.ros.live_session import LiveSessionError, NodeProcess, ros_arguments, run_with_player
 from prune_perception.runtime.detector import Detector, DetectorConfig
 from prune_perception.runtime.metadata import load_sidecar
 
@@ -105,7 +105,14 @@ def evaluate_bag_live(bag: str | Path, models: dict[str, str | Path], truth_sour
                              "start_delay_s": 0.5, "max_images": len(stamps)}
             player = NodeProcess(BAG_PLAYER_MODULE, ros_arguments(player_params), folder / "bag_player.log")
             remap = {"image_raw/compressed" if compressed else "image_raw": topic}
-            run = run_with_player(model, player, folder, detector_params=params, detector_remaps=remap)
+            try:
+                run = run_with_player(model, player, folder, detector_params=params, detector_remaps=remap)
+            except LiveSessionError as exc:
+                failure = _player_failure(player.log_text())
+                if failure is None:
+                    raise
+                raise BagError(f"live replay of {bag} for {name} stopped: {failure}. No report was written: it "
+                               "would score frames that were never played") from exc
             predictions = []
             frames = []
             latencies = run.latencies
@@ -135,6 +142,14 @@ def evaluate_bag_live(bag: str | Path, models: dict[str, str | Path], truth_sour
              "fidelity_mode": truth_source.kind == "teacher", "class_names": list(class_names),
              "playback_rate": rate if rate else "paced by detections", "image_topic": topic}
     return results, facts
+
+
+def _player_failure(log: str) -> str | None:
+    """The bag player's own error line (a bag it could not read to the end), if it logged one."""
+    for line in reversed(log.splitlines()):
+        if "cannot read " in line and "playback stops here" in line:
+            return line.split("]: ", 1)[-1]
+    return None
 
 
 def _played_images(log: str) -> int:

@@ -93,7 +93,8 @@ class BagPlayerNode(Node):
             raise ParameterValidationError(f"invalid parameters:\n  - bag: nothing to play in {self.params['bag']}")
         self._image_publishers = [pub for pub, is_image in self._outputs.values() if is_image]
         self._messages: Iterator = self._reader.messages(connections=connections)
-        self._next = next(self._messages, None)
+        self.exit_code = 0
+        self._next = self._read_next()
         self._bag_start = self._next[1] if self._next else 0
         self._sim_clock = ClockPublisher(self, self.params["publish_clock"])
         self._pace_stamp = -1
@@ -152,9 +153,22 @@ class BagPlayerNode(Node):
             publisher.publish(bytes(rawdata))
             self.messages += 1
             self.images += int(is_image)
-            self._next = next(self._messages, None)
+            self._next = self._read_next()
         if self._next is None:
             self._finish(wall)
+
+    def _read_next(self) -> Any:
+        """The next message, or None at the end of the bag, or when the rest cannot be read (a
+        bag truncated or damaged while it plays): then the node ends with exit code 1 and says
+        how far it got, so that nothing downstream takes the bag as played in full."""
+        try:
+            return next(self._messages, None)
+        except Exception as exc:  # rosbags raises several error types for a damaged file
+            self.exit_code = 1
+            self.get_logger().error(
+                f"cannot read {self.params['bag']} after {self.messages} messages ({self.images} images): "
+                f"{type(exc).__name__}: {exc}; the bag is truncated or damaged, playback stops here")
+            return None
 
     def _finish(self, wall: float) -> None:
         self._reader.close()

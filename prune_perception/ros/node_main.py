@@ -65,4 +65,4 @@ def run_node(node_class: type[Node], args: list[str] | None = None) -> int:
         if node is not None:
             node.destroy_node()
         rclpy.try_shutdown()
-    return 0
+    return int(getattr(node, "exit_code", 0))  # a node that ended on a failure of its own says so

@@ -242,9 +242,11 @@ def load_sidecar(model_path: str | os.PathLike[str], verify_sha256: bool = True)
     return metadata
 
 
-def write_sidecar(model_path: str | os.PathLike[str], metadata: ModelMetadata) -> Path:
-    """Write ``metadata`` next to ``model_path``, recording the model file's sha256."""
-    metadata = dataclasses.replace(metadata, model_sha256=file_sha256(model_path))
+def write_sidecar(model_path: str | os.PathLike[str], metadata: ModelMetadata,
+                  model_file: str | os.PathLike[str] | None = None) -> Path:
+    """Write ``metadata`` next to ``model_path``, recording the sha256 of the model's bytes, read
+    from ``model_file`` where they still sit in a temporary file (default: ``model_path``)."""
+    metadata = dataclasses.replace(metadata, model_sha256=file_sha256(model_file or model_path))
     path = sidecar_path(model_path)
     write_json_atomic(path, metadata.to_dict())
     return path

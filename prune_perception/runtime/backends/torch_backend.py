@@ -10,7 +10,7 @@ from typing import Any, Callable
 import numpy as np
 
 from prune_perception.errors import BackendUnavailableError, InferenceError, ModelLoadError
-from prune_perception.files import atomic_output
+from prune_perception.files import atomic_stream
 from prune_perception.runtime.backends.base import InferenceBackend, parse_device
 from prune_perception.runtime.metadata import ModelMetadata
 
@@ -35,8 +35,8 @@ def save_torch_checkpoint(
         "factory_kwargs": dict(factory_kwargs or {}),
         "state_dict": state_dict,
     }
-    with atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+    with atomic_stream(path) as stream:
+        torch.save(payload, stream)
 
 
 class TorchBackend(InferenceBackend):
