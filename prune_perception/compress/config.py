@@ -8,6 +8,8 @@ be overridden from the command line as ``--set section.key=value`` (YAML syntax 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -314,24 +316,78 @@ class CompressConfig:
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
-        raise ConfigError(f"{where or 'the configuration'} must be a mapping, got {type(values).__name__}")
+        raise ConfigError(f"{where.rstrip('.') or 'the configuration'} must be a mapping, got {type(values).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(fields))
+    unknown = sorted(str(key) for key in set(values) - set(fields))
     if unknown:
         raise ConfigError(f"unknown option(s) {', '.join(where + k for k in unknown)}; valid: {', '.join(sorted(fields))}")
+    hints = typing.get_type_hints(cls)
     arguments = {}
     for name, value in values.items():
         default = _field_default(fields[name])
         if dataclasses.is_dataclass(default):
             arguments[name] = _build(type(default), value or {}, f"{where}{name}.")
-        elif isinstance(default, tuple) and isinstance(value, list):
-            arguments[name] = tuple(value)
-        else:
-            arguments[name] = value
+            continue
+        value = _typed(value, hints[name], f"{where}{name}")
+        arguments[name] = tuple(value) if isinstance(default, tuple) and isinstance(value, list) else value
     try:
         return cls(**arguments)
     except (TypeError, ValueError, PrunePerceptionError) as exc:
         raise ConfigError(f"{where.rstrip('.') or 'configuration'}: {exc}") from exc
+
+
+def _typed(value: Any, hint: Any, name: str) -> Any:
+    """``value`` if it fits the option's annotation (an int for a float, a number written as text
+    such as 5e-3 for a float, a list for a tuple); otherwise a :class:`ConfigError` naming it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _typed(value, option, name)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{name} must be {' or '.join(_describe(option) for option in args)}, got {value!r}")
+    if hint is type(None):
+        if value is None:
+            return None
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            if origin is tuple and args and args[-1] is not Ellipsis and len(value) != len(args):
+                raise ConfigError(f"{name} must have {len(args)} items, got {len(value)}")
+            items = args if origin is tuple and args and args[-1] is not Ellipsis else [args[0] if args else Any] * len(value)
+            return [_typed(item, item_hint, f"{name}[{index}]") for index, (item, item_hint) in enumerate(zip(value, items))]
+    elif dataclasses.is_dataclass(hint):  # e.g. one labelled set: built by its section from a mapping
+        if isinstance(value, (dict, hint)):
+            return value
+    else:
+        return value
+    raise ConfigError(f"{name} must be {_describe(hint)}, got {value!r}")
+
+
+def _describe(hint: Any) -> str:
+    if hint is type(None):
+        return "null"
+    origin = typing.get_origin(hint)
+    if origin in (list, tuple):
+        return "a list"
+    return f"a {getattr(hint, '__name__', str(hint))}"
 
 
 def _field_default(item: dataclasses.Field) -> Any:
@@ -353,16 +409,21 @@ def apply_override(data: dict[str, Any], assignment: str) -> None:
         target = target.setdefault(key, {})
         if not isinstance(target, dict):
             raise ConfigError(f"override {assignment!r}: {key} is not a section")
-    target[keys[-1]] = yaml.safe_load(text)
+    try:
+        target[keys[-1]] = yaml.safe_load(text)
+    except (yaml.YAMLError, RecursionError) as exc:
+        raise ConfigError(f"override {assignment!r}: the value is not valid YAML ({exc})") from exc
 
 
 def load_compress_config(path: str | Path | None, overrides: list[str] = ()) -> CompressConfig:
     data: dict[str, Any] = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as exc:
             raise ConfigError(f"cannot read {path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path} must hold a mapping of sections (teacher:, data:, ...), not a {type(data).__name__}")
     for assignment in overrides:
         apply_override(data, assignment)
     return _build(CompressConfig, data, "")
