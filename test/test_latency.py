@@ -29,6 +29,18 @@ def test_sliding_window_expires_old_samples_and_measures_rate():
     assert window.count(now_s=100.0) == 0 and window.rate_hz(100.0) == 0.0
 
 
+def test_windows_stay_bounded_when_nobody_reads_them():
+    # The soak found this: a single-camera node recorded cycles it never reported, 0.33 MB/min.
+    from prune_perception.eval.latency import CycleStatistics
+
+    window, cycles = SlidingWindow(window_s=5.0), CycleStatistics(window_s=5.0)
+    for i in range(30 * 600):  # ten minutes at 30 Hz, never read
+        window.add(i / 30.0)
+        cycles.record(i / 30.0, batch_size=1, cycle_ms=10.0)
+    assert len(window._samples) <= 5 * 30 + 1 and len(cycles._cycles._samples) <= 5 * 30 + 1
+    assert cycles.histogram == {1: 30 * 600}
+
+
 def test_deadline_misses_against_budget_and_reference():
     stats = FrameStatistics(budget_ms=50.0, window_s=10.0)
     for i, end_to_end in enumerate([10.0, 49.9, 50.0, 50.1, 120.0]):

@@ -48,6 +48,7 @@ class SlidingWindow:
 
     def add(self, timestamp_s: float, value: float = 1.0) -> None:
         self._samples.append((timestamp_s, value))
+        self._expire(timestamp_s)  # bounded even if nobody reads it (found by the soak: 0.33 MB/min)
 
     def _expire(self, now_s: float) -> None:
         horizon = now_s - self.window_s

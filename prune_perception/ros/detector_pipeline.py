@@ -12,7 +12,8 @@ The subscription callbacks only store the message (newest wins; older unprocesse
 dropped and counted per camera), so inference never blocks the executor and latency cannot build
 up in a queue. With no ``cameras`` there is one camera whose topics are ``image_raw`` and
 ``detections``. Everything model-related lives in ``prune_perception.runtime``; this module only
-wires ROS.
+wires ROS. The model sits in a :class:`~prune_perception.runtime.model_slot.ModelSlot`: a new
+``model_path`` set at run time loads beside the serving model and replaces it between two cycles.
 """
 
 from __future__ import annotations
