@@ -136,7 +136,7 @@ DISK_FULL_PAYLOAD = textwrap.dedent("""
     attempt("report", lambda: write_json_atomic(report, {{"rows": ["x" * 1000] * 400}}), report)
 
     # an ONNX model: the shared YOLOX-Nano (3.7 MB) exported onto a disk too small for it
-        from prune_perception.export.onnx_export import export_onnx
+    from prune_perception.export.onnx_export import export_onnx
     from prune_perception.models.weights import load_onnx_weights
     from prune_perception.models.yolox import build_yolox
     from prune_perception.runtime.class_names import COCO_CLASSES

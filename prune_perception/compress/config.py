@@ -165,7 +165,7 @@ class PruneSection:
     (:mod:`prune_perception.compress.reconstruct`)."""
     calibration_images: int = 32
     """Images for the channel statistics (compensation, energy) and the least-squares refit."""
-    sparsity: str | None = None
+    sparsity: str | int | None = None  # int: YAML 1.1 reads an unquoted 2:4 as 124 (see __post_init__)
     """Also one sparse student (dense shapes, teacher's channels): 2:4 or unstructured (null: none)."""
     sparsity_amount: float = 0.5
     """Zero fraction of unstructured sparsity (2:4 is always half)."""

@@ -314,11 +314,11 @@ class DetectorPipeline:
         """Load and warm the model; on failure keep the reason (diagnostics show it) and log it."""
         try:
             detector = self.model.load(Path(self.params["model_path"]))
-        except (PrunePerceptionError, ValueError) as exc:
-            self.model_error = str(exc)
+        except Exception as exc:  # whatever a model file makes a runtime raise, the node reports it and lives
+            self.model_error = str(exc) if isinstance(exc, (PrunePerceptionError, ValueError)) else f"{type(exc).__name__}: {exc}"
             retry = self.params["model_retry_period_s"]
             self.node.get_logger().error(
-                f"cannot run the model: {exc}" + (f" (retrying every {retry:g} s)" if retry > 0 and self.worker_loads_model else "")
+                f"cannot run the model: {self.model_error}" + (f" (retrying every {retry:g} s)" if retry > 0 and self.worker_loads_model else "")
             )
             return False
         self.model_error = None

@@ -197,7 +197,7 @@ class ModelMetadata:
             )
         except KeyError as exc:
             raise ModelMetadataError(f"metadata is missing the required key {exc}") from exc
-        except TypeError as exc:  # unknown or missing dataclass fields
+        except (TypeError, ValueError, OverflowError) as exc:  # unknown or missing fields, values of the wrong kind
             raise ModelMetadataError(f"malformed metadata: {exc}") from exc
         if not metadata.class_names:
             raise ModelMetadataError("metadata class_names is empty")
