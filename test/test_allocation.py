@@ -116,9 +116,17 @@ def test_allocation_meets_a_latency_target_measured_on_onnxruntime(model_and_ima
         path.unlink()
         return timings["teacher"].p50_ms / timings["student"].p50_ms
 
-    table = LayerLatencyTable(tmp_path / "table.json", runs=10)
-    allocation, rounds = allocate_to_target(scan, conv_shapes(model, images[:1]), table, 1.3,
-                                            lambda a: speedup(prune_with(a)))
+    # The per-layer table is timed on a shared 2-core machine: a table measured during a noise burst
+    # can show no saving left anywhere. One fresh table is allowed before that counts as a failure.
+    for attempt in range(2):
+        table = LayerLatencyTable(tmp_path / f"table_{attempt}.json", runs=10)
+        try:
+            allocation, rounds = allocate_to_target(scan, conv_shapes(model, images[:1]), table, 1.3,
+                                                    lambda a: speedup(prune_with(a)))
+            break
+        except PrunePerceptionError as exc:
+            if attempt == 1 or "cannot save" not in str(exc):
+                raise
     assert rounds[-1]["measured_speedup"] >= 1.3
     assert speedup(prune_with(allocation), runs=80) >= 1.3 * 0.9  # re-measured: the target holds beyond noise
 
