@@ -51,7 +51,6 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.chmod(tmp, 0o644)  # mkstemp creates 0600; outputs are meant to be shared
         os.replace(tmp, target)
     except Exception as exc:
-        tmp.unlink(missing_ok=True)
         error = output_write_error(target, exc)
         if error is None:
             raise

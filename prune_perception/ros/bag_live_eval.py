@@ -27,6 +27,7 @@ from prune_perception.bags.camera_bag import (
 )
 from prune_perception.eval.bag_eval import FrameRecord, ModelResult, TruthSource, load_coco_truth
 from prune_perception.eval.coco_eval import CocoMetrics, ImageBoxes, evaluate_detections
+from prune_perception.ros.bag_player_node import playback_failure, played_images
 from prune_perception.ros.detection_messages import msg_to_arrays
 from prune_perception.ros.live_session import LiveSessionError, NodeProcess, ros_arguments, run_with_player
 from prune_perception.runtime.detector import Detector, DetectorConfig
@@ -108,7 +109,7 @@ def evaluate_bag_live(bag: str | Path, models: dict[str, str | Path], truth_sour
             try:
                 run = run_with_player(model, player, folder, detector_params=params, detector_remaps=remap)
             except LiveSessionError as exc:
-                failure = _player_failure(player.log_text())
+                failure = playback_failure(player.log_text())
                 if failure is None:
                     raise
                 raise BagError(f"live replay of {bag} for {name} stopped: {failure}. No report was written: it "
@@ -129,7 +130,7 @@ def evaluate_bag_live(bag: str | Path, models: dict[str, str | Path], truth_sour
                                           len(scores)))
             metrics = evaluate_detections(ground_truth, predictions, class_names) if predictions else CocoMetrics.empty()
             counters = run.final_diagnostics.values if run.final_diagnostics else {}
-            played = _played_images(run.publisher_log)
+            played = played_images(run.publisher_log)
             result = ModelResult(name, str(model), counters.get("backend", "?"), metrics, frames,
                                  dropped=max(0, played - len(run.detections)),
                                  end_to_end_ms=list(latencies.get("end_to_end_ms", [])[: len(frames)]), mode="live")
@@ -142,19 +143,3 @@ def evaluate_bag_live(bag: str | Path, models: dict[str, str | Path], truth_sour
              "fidelity_mode": truth_source.kind == "teacher", "class_names": list(class_names),
              "playback_rate": rate if rate else "paced by detections", "image_topic": topic}
     return results, facts
-
-
-def _player_failure(log: str) -> str | None:
-    """The bag player's own error line (a bag it could not read to the end), if it logged one."""
-    for line in reversed(log.splitlines()):
-        if "cannot read " in line and "playback stops here" in line:
-            return line.split("]: ", 1)[-1]
-    return None
-
-
-def _played_images(log: str) -> int:
-    """The image count from bag_player's final 'played N messages (M images)' log line."""
-    for line in reversed(log.splitlines()):
-        if "played " in line and " images)" in line:
-            return int(line.split("(", 1)[1].split()[0])
-    return 0

@@ -167,7 +167,7 @@ class BagPlayerNode(Node):
             self.exit_code = 1
             self.get_logger().error(
                 f"cannot read {self.params['bag']} after {self.messages} messages ({self.images} images): "
-                f"{type(exc).__name__}: {exc}; the bag is truncated or damaged, playback stops here")
+                f"{type(exc).__name__}: {exc}; {STOPPED_EARLY}")
             return None
 
     def _finish(self, wall: float) -> None:
@@ -175,6 +175,26 @@ class BagPlayerNode(Node):
         elapsed = wall - (self._started_wall or wall)
         finish_publishing(self, self._timer, f"played {self.messages} messages ({self.images} images) in {elapsed:.2f} s",
                           self.params["exit_when_done"])
+
+
+# What a process that started this node reads back from its log: the two lines are written above.
+STOPPED_EARLY = "the bag is truncated or damaged, playback stops here"
+
+
+def playback_failure(log: str) -> str | None:
+    """The player's own error line (a bag it could not read to the end), if it logged one."""
+    for line in reversed(log.splitlines()):
+        if STOPPED_EARLY in line:
+            return line.split("]: ", 1)[-1]
+    return None
+
+
+def played_images(log: str) -> int:
+    """The image count of the player's final 'played N messages (M images)' line; 0 without one."""
+    for line in reversed(log.splitlines()):
+        if "played " in line and " images)" in line:
+            return int(line.split("(", 1)[1].split()[0])
+    return 0
 
 
 def main(args: list[str] | None = None) -> None:

@@ -42,6 +42,7 @@ class ModelSlot:
     def __init__(self, build: Callable[[Path], Detector]) -> None:
         self._build = build
         self._lock = threading.Lock()  # held during a model call and during the exchange
+        self._state_lock = threading.Lock()  # guards _loading and last_swap: never waits for a model call
         self._detector: Detector | None = None
         self._loading: Path | None = None
         self._thread: threading.Thread | None = None
@@ -74,7 +75,7 @@ class ModelSlot:
         """Load ``path`` on a thread; serve it once ready. ``prepare`` runs on the new detector
         in the exchange, just before it serves (e.g. to apply thresholds changed while it loaded); ``done`` gets
         the outcome either way. Raises :class:`ModelSwapError` while another swap is loading."""
-        with self._lock:
+        with self._state_lock:
             if self._loading is not None:
                 raise ModelSwapError(f"a swap to {self._loading} is still loading; try again when it is done")
             self._loading = Path(path)
@@ -94,7 +95,7 @@ class ModelSlot:
             self._exchange(detector, prepare)
             previous = f" from {old.model_path}" if old is not None else ""
             outcome = SwapOutcome(path, True, f"model swapped{previous} to {path}", time.monotonic())
-        with self._lock:
+        with self._state_lock:
             self._loading = None
             self.last_swap = outcome
         if done is not None:
