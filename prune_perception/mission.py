@@ -93,6 +93,10 @@ def _synthetic_inputs(config: MissionConfig) -> tuple[Path, list[str]]:
         f"teacher.class_names={names}", f"teacher.input_size={SAMPLE_INPUT_SIZE}",
         f"data.labelled={scenes / 'images'}", "data.unlabelled=[]",
         "data.validation_fraction=0.3",
+        # Measured on this drive, 150 steps (live AP kept of the camera teacher's 0.315): lr 5e-4 59%,
+        # 5e-3 63%, 5e-3 with the label loss 69%. The scenes are labelled exhaustively, and the sample
+        # teacher was trained with this same label loss.
+        "train.learning_rate=0.005", "train.label_weight=1.0",
     ]
     return bag, overrides
 
