@@ -130,9 +130,12 @@ def test_stages_run_one_by_one_with_a_measured_latency_target(tmp_path, yolox_na
         result = run_compress(overrides, stage)
         assert result.returncode == 0, (stage, result.stderr[-3000:])
     folder = tmp_path / "speedup_1.20"
-    steps = json.loads((folder / "pruning.json").read_text())["steps"]
-    speedups = [step["speedup"] for step in steps]  # measured with onnxruntime, interleaved with the teacher
+    record = json.loads((folder / "pruning.json").read_text())
+    speedups = [step["speedup"] for step in record["steps"]]  # measured with onnxruntime, interleaved with the teacher
     assert speedups[-1] >= 1.2 and all(s < 1.2 for s in speedups[:-1])
+    # the student kept: the least pruned ratio timed at >= 1.2x, the search's step or a refinement between
+    chosen = [t for t in record["refinement"] if t["speedup"] >= 1.2] or [record["steps"][-1]]
+    assert record["measured_speedup"] == chosen[0]["speedup"] and record["channel_ratio"] == chosen[0]["channel_ratio"]
     report = json.loads((tmp_path / "report.json").read_text())
     assert [m["name"] for m in report["models"]] == ["teacher as given", "teacher", "speedup_1.20 pruned",
                                                      "speedup_1.20 distilled"]

@@ -1,5 +1,7 @@
 """Structured pruning of the real YOLOX-Nano with Torch-Pruning."""
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ from prune_perception.compress.prune import (
     PruningError,
     count_macs_params,
     prune_model,
+    prune_to_speedup,
 )
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.models.pruned_checkpoint import save_pruned_checkpoint
@@ -153,3 +156,30 @@ def test_latency_target_prunes_in_steps_until_the_measure_reaches_it(nano_state)
         prune_model(fresh_nano(nano_state), PruneConfig(target_speedup=1.5), EXAMPLE)
     with pytest.raises(PruningError, match="target_speedup must be > 1"):
         PruneConfig(target_speedup=0.9)
+
+
+def test_speedup_search_refines_an_overshooting_step_to_the_least_pruned_model_that_reaches_it(nano_state):
+    """A coarse step overshoots the target; the ratios between the miss and the hit are pruned afresh
+    and the first that reaches the target is kept (measure: the MACs ratio, deterministic)."""
+    teacher_macs, _ = count_macs_params(fresh_nano(nano_state), EXAMPLE)
+
+    def macs_speedup(model):
+        return teacher_macs / count_macs_params(model, EXAMPLE)[0]
+
+    coarse = PruneConfig(target_speedup=1.6, latency_search_step=0.2, latency_refine_points=0)
+    _, plain = prune_to_speedup(lambda: fresh_nano(nano_state), coarse, EXAMPLE, macs_speedup)
+    assert plain.refinement == [] and plain.measured_speedup == plain.history[-1]["speedup"] > 1.6 + 0.1
+
+    model, refined = prune_to_speedup(lambda: fresh_nano(nano_state), replace(coarse, latency_refine_points=3),
+                                      EXAMPLE, macs_speedup)
+    low, high = plain.history[-2]["channel_ratio"], plain.history[-1]["channel_ratio"]
+    assert refined.history == plain.history and refined.refinement  # the same coarse search, then trials
+    assert all(low < trial["channel_ratio"] < high for trial in refined.refinement)
+    assert all(trial["speedup"] < 1.6 for trial in refined.refinement[:-1])
+    assert refined.refinement[-1]["speedup"] >= 1.6 and refined.channel_ratio == refined.refinement[-1]["channel_ratio"]
+    assert 1.6 <= refined.measured_speedup < plain.measured_speedup
+    assert refined.measured_speedup == pytest.approx(macs_speedup(model))
+    assert refined.macs_after == count_macs_params(model, EXAMPLE)[0] > plain.macs_after
+    assert set(refined.kept_output_channels) == set(plain.kept_output_channels)  # what the refit reads
+    with pytest.raises(PruningError, match="latency_refine_points must be >= 0"):
+        PruneConfig(target_speedup=1.5, latency_refine_points=-1)

@@ -153,6 +153,9 @@ class PruneSection:
     latency_backend: str = "onnxruntime"
     """Where target_speedup is measured: onnxruntime (CPU, evaluate.latency_threads) or torch (on ``device``)."""
     latency_search_step: float = 0.05
+    latency_refine_points: int = 3
+    """Uniform target_speedup: ratios timed between the step that missed the target and the one that
+    reached it; the least pruned that reaches it is kept (0: keep the step, however far it overshot)."""
     global_pruning: bool = False
     iterative_steps: int = 1
     round_to: int = 8
@@ -253,7 +256,8 @@ class PruneSection:
         return PruneConfig(
             importance=self.importance, channel_ratio=self.channel_ratio_of(target), macs_fraction=self.macs_fraction,
             params_fraction=self.params_fraction, target_speedup=target if self.target_speedup is not None else None,
-            latency_search_step=self.latency_search_step, global_pruning=self.global_pruning,
+            latency_search_step=self.latency_search_step,
+            latency_refine_points=self.latency_refine_points, global_pruning=self.global_pruning,
             iterative_steps=self.iterative_steps, round_to=self.round_to, max_layer_ratio=self.max_layer_ratio,
         )
 

@@ -42,7 +42,7 @@ from prune_perception.compress.class_subset import ClassSubset, resolve_classes,
 from prune_perception.compress.config import CompressConfig, config_to_dict
 from prune_perception.compress.input_shape import InputShape, resolve_input_shape
 from prune_perception.compress.ladder import AS_GIVEN, ModelRecord, evaluate_record, file_mb, static_input_hw, time_ladder
-from prune_perception.compress.prune import PruneConfig, count_macs_params, prune_model
+from prune_perception.compress.prune import PruneConfig, count_macs_params, prune_model, prune_to_speedup
 from prune_perception.compress.reconstruct import reconstruct_pruned
 from prune_perception.compress.run_data import CompressData, check_sources, load_run_data
 from prune_perception.compress.sensitivity import SensitivityScan, scan_sensitivity
@@ -228,7 +228,6 @@ class CompressionRun:
             return load_torch_model(path)
         folder.mkdir(parents=True, exist_ok=True)
         teacher, data = self.teacher, self.data
-        student = self.unpruned_student()
         section = self.config.prune
         loss_fn = self._taylor_loss(teacher, data) if section.importance == "taylor" else None
         meter = self._speedup_meter(folder) if section.target_speedup is not None else None
@@ -236,18 +235,22 @@ class CompressionRun:
         calibration = images if section.mean_compensation else None
         rounds: list[dict[str, float]] = []
         if section.allocation == "latency":
+            student = self.unpruned_student()
             prune_config, rounds = self.allocate(student, plan.target, meter, calibration)
-            meter = None
+            result = prune_model(student, prune_config, self.example, loss_fn=loss_fn, calibration=calibration)
+            result.history[-1]["speedup"] = result.measured_speedup = rounds[-1]["measured_speedup"]
+        elif meter is not None:
+            student, result = prune_to_speedup(self.unpruned_student, section.prune_config(plan.target), self.example,
+                                               meter, loss_fn=loss_fn, calibration=calibration)
         else:
-            prune_config = section.prune_config(plan.target)
-        result = prune_model(student, prune_config, self.example, loss_fn=loss_fn, measure_speedup=meter,
-                             calibration=calibration)
-        if rounds:
-            result.history[-1]["speedup"] = rounds[-1]["measured_speedup"]
+            student = self.unpruned_student()
+            result = prune_model(student, section.prune_config(plan.target), self.example, loss_fn=loss_fn,
+                                 calibration=calibration)
         LOGGER.info("pruned: MACs %.1f%%, params %.1f%% of the teacher", 100 * result.macs_fraction, 100 * result.params_fraction)
         write_json_atomic(folder / "pruning.json", {
             "channel_ratio": result.channel_ratio, "macs_fraction": result.macs_fraction,
-            "params_fraction": result.params_fraction, "steps": result.history, "allocation": section.allocation,
+            "params_fraction": result.params_fraction, "steps": result.history, "refinement": result.refinement,
+            "measured_speedup": result.measured_speedup, "allocation": section.allocation,
             "allocation_rounds": rounds, "dropped_blocks": list(self.dropped_blocks),
             "channels": {name: m.out_channels for name, m in student.named_modules() if isinstance(m, nn.Conv2d)}})
         if section.reconstruct:
@@ -584,11 +587,16 @@ def _searched_ratio(pruning_json: Path) -> float:
 
 def _speedup_search_note(pruning_json: Path, backend: str) -> str:
     """For a student pruned to a latency target: what the search measured at its last step."""
-    steps = json.loads(pruning_json.read_text())["steps"] if pruning_json.exists() else []
+    record = json.loads(pruning_json.read_text()) if pruning_json.exists() else {}
+    steps = record.get("steps", [])
     if not steps or "speedup" not in steps[-1]:
         return ""
-    return (f"; latency target: {steps[-1]['speedup']:.2f}x measured on {backend} after {len(steps)} pruning steps "
-            f"(channel ratio {steps[-1]['channel_ratio']:.2f})")
+    speedup = record.get("measured_speedup") or steps[-1]["speedup"]
+    refined = (f", refined from {steps[-1]['channel_ratio']:.3f} ({steps[-1]['speedup']:.2f}x) by "
+               f"{len(record['refinement'])} ratio(s) timed between the last two steps"
+               if record.get("refinement") and record["channel_ratio"] != steps[-1]["channel_ratio"] else "")
+    return (f"; latency target: {speedup:.2f}x measured on {backend} after {len(steps)} pruning steps "
+            f"(channel ratio {record.get('channel_ratio', steps[-1]['channel_ratio']):.3f}{refined})")
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:
