@@ -51,8 +51,10 @@ class MissionConfig:
     """Frames of the replayed drive (10 fps synthetic, 25 fps dashcam)."""
     training_seeds: int = 8
     training_frames_per_seed: int = 30
-    prune_ratio: float = 0.3
-    train_steps: int = 150
+    prune_ratio: float = 0.2
+    """Measured on the drive (live AP kept of the camera teacher): 0.3 at 150 steps 69%, 0.2 at 150 steps 80%."""
+    train_steps: int = 350
+    """At ratio 0.2: 250 steps 84% (4.0 min), 350 steps 89% (4.4 min), 400 steps 91% (4.7 min) on 2 cores."""
     playback_rate: float = 1.0
     budget_ms: float = 50.0
     latency_runs: int = 40
@@ -124,15 +126,18 @@ def run_mission(config: MissionConfig, progress: bool = True) -> dict[str, Any]:
         f"train.steps={config.train_steps}", f"evaluate.latency_runs={config.latency_runs}",
         f"train.checkpoint_every={max(10, config.train_steps // 3)}", *config.extra_overrides,
     ])
-    LOGGER.info("compressing the teacher (ratio %.2f, %d recovery steps)", config.prune_ratio, config.train_steps)
+    LOGGER.info("compressing the teacher (ratios %s, %d recovery steps)", compress_config.prune.ratios,
+                compress_config.train.steps)
     compression = CompressionRun(compress_config, progress=progress).run()
     by_kind = {row["kind"]: row for row in compression["models"]}
     models = {"teacher": by_kind["teacher"]["onnx"]}
     if "teacher_camera" in by_kind:
         models["teacher camera"] = by_kind["teacher_camera"]["onnx"]
-    models[f"pruned {config.prune_ratio:.2f}"] = by_kind["distilled"]["onnx"]
+    # The label is the ratio the run pruned at, which extra_overrides (or a speed-up target) may have set.
+    student = f"pruned {by_kind['distilled']['channel_ratio']:.2f}"
+    models[student] = by_kind["distilled"]["onnx"]
     if "int8" in by_kind:
-        models[f"pruned {config.prune_ratio:.2f} int8"] = by_kind["int8"]["onnx"]
+        models[f"{student} int8"] = by_kind["int8"]["onnx"]
     truth = (TruthSource("teacher", teacher_model=models["teacher"]) if config.real_data else TruthSource("topic"))
     LOGGER.info("replaying %s live through detector_node with %d models", bag, len(models))
     results, facts = evaluate_bag_live(bag, models, truth, output / "replay", rate=config.playback_rate,

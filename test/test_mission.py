@@ -38,6 +38,9 @@ def test_quick_main_job_end_to_end(tmp_path, capsys):
         assert model["frames_processed"] + model["frames_dropped"] == 30
         assert model["frames_processed"] >= 20
         assert model["latency_ms"]["end_to_end_ms"]["count"] == model["frames_processed"]
+    names = [model["name"] for model in replay["models"]]
+    student = f"pruned {rows[4]['channel_ratio']:.2f}"  # the ratio the run pruned at, not a default
+    assert names == ["teacher", "teacher camera", student, f"{student} int8"]
     teacher = replay["models"][0]
     assert teacher["ap50"] > 0.2  # the sample teacher finds the synthetic objects in the live replay
     for name in ("summary.md", "replay/latency_over_time.png", "replay/precision_recall.png", "compress/pareto.png",
