@@ -175,6 +175,7 @@ def test_speedup_search_refines_an_overshooting_step_to_the_least_pruned_model_t
     low, high = plain.history[-2]["channel_ratio"], plain.history[-1]["channel_ratio"]
     assert refined.history == plain.history and refined.refinement  # the same coarse search, then trials
     assert all(low < trial["channel_ratio"] < high for trial in refined.refinement)
+    assert len({trial["macs"] for trial in refined.refinement}) == len(refined.refinement)  # each model timed once
     assert all(trial["speedup"] < 1.6 for trial in refined.refinement[:-1])
     assert refined.refinement[-1]["speedup"] >= 1.6 and refined.channel_ratio == refined.refinement[-1]["channel_ratio"]
     assert 1.6 <= refined.measured_speedup < plain.measured_speedup

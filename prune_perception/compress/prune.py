@@ -298,8 +298,8 @@ def prune_to_speedup(
         trial = prune_model(candidate, fixed, example_inputs, loss_fn=loss_fn, calibration=calibration)
         if trial.macs_after <= result.macs_after:
             break  # as pruned as the step that reached the target: the points above cannot be less
-        if trial.macs_after >= result.history[-2]["macs"]:
-            continue  # the channels of the step that missed (the rounding absorbed the difference)
+        if trial.macs_after >= result.history[-2]["macs"] or any(t["macs"] == trial.macs_after for t in trials):
+            continue  # the channels of the step that missed, or of a ratio just timed (the rounding absorbed it)
         speedup = float(measure_speedup(candidate))
         candidate.eval()
         trials.append({"channel_ratio": ratio, "macs": trial.macs_after, "params": trial.params_after,
