@@ -52,9 +52,9 @@ class MissionConfig:
     training_seeds: int = 8
     training_frames_per_seed: int = 30
     prune_ratio: float = 0.2
-    """Measured on the drive (live AP kept of the camera teacher): 0.3 at 150 steps 69%, 0.2 at 150 steps 80%."""
     train_steps: int = 350
-    """At ratio 0.2: 250 steps 84% (4.0 min), 350 steps 89% (4.4 min), 400 steps 91% (4.7 min) on 2 cores."""
+    """With prune_ratio: the most live AP kept within the demo's 5 minutes on 2 cores, measured one
+    setting at a time (the demo table of docs/compression-experiments.md)."""
     playback_rate: float = 1.0
     budget_ms: float = 50.0
     latency_runs: int = 40
