@@ -92,6 +92,31 @@ def test_greedy_allocation_spends_damage_where_it_saves_most(model_and_images, s
         greedy_allocation(scan, shapes, table, 10 * large.layer_sum_ms)
 
 
+class StaircaseTable(LayerLatencyTable):
+    """Latency that only drops at every 16th channel (a plateau such as small layers timed as launch
+    overhead show). A controlled input for the greedy, not a stand-in for a backend."""
+
+    def _measure(self, shape):
+        blocks = -(-shape.in_channels // 16) * -(-shape.out_channels // 16)
+        return 1e-6 * blocks * shape.kernel ** 2 * shape.height * shape.width / shape.stride ** 2
+
+
+def test_greedy_allocation_crosses_a_plateau_with_a_longer_step(model_and_images, scan, monkeypatch):
+    import prune_perception.compress.allocation as allocation_module
+
+    model, images = model_and_images
+    shapes = conv_shapes(model, images[:1])
+    # ordinary steps of one multiple of 8 channels: on this staircase none of them saves anything
+    monkeypatch.setattr(allocation_module, "STEP_MULTIPLES", (1,))
+    table = StaircaseTable(None)
+    allocation = greedy_allocation(scan, shapes, table, 0.1 * sum(table(s) for s in shapes.values()))
+    assert allocation.estimated_saving_ms >= 0.1 * allocation.layer_sum_ms
+    groups = {g.root: g for g in scan.groups}
+    assert all(g.channels % 16 == 0 for g in scan.groups)
+    # every cut it made is a longer step, down to the next stair
+    assert allocation.keep and all(kept % 16 == 0 and kept < groups[root].channels for root, kept in allocation.keep.items())
+
+
 def test_allocation_meets_a_latency_target_measured_on_onnxruntime(model_and_images, scan, tmp_path):
     from prune_perception.eval.latency_benchmark import measure_latency
     from prune_perception.export.onnx_export import export_onnx

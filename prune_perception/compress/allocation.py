@@ -177,6 +177,29 @@ class _AllocationState:
         return sum(self.table(self.shape(conv, keep)) for conv in convs if conv in self.shapes)
 
 
+def _best_step(state: _AllocationState, multiples: Sequence[int] | None,
+               round_to: int) -> tuple[float, str, int, float, float] | None:
+    """The step (score, root, proposed keep, gain ms, added damage) with the least damage per
+    millisecond saved; ``multiples`` None tries every cut a group's ``min_keep`` allows."""
+    best = None
+    for root, group in state.groups.items():
+        current = state.keep[root]
+        convs = state.convs_of(root)
+        now = state.time_of(convs, state.keep)
+        steps = multiples if multiples is not None else range(1, (current - group.min_keep) // round_to + 1)
+        for multiple in steps:
+            proposed = current - multiple * round_to
+            if proposed < group.min_keep:
+                break
+            gain = now - state.time_of(convs, {**state.keep, root: proposed})
+            cost = group.damage_at(proposed) - group.damage_at(current)
+            # damage per millisecond saved; a step the table says saves nothing is never taken
+            score = max(cost, 0.0) / gain if gain > 1e-6 else float("inf")
+            if best is None or score < best[0]:
+                best = (score, root, proposed, gain, cost)
+    return best
+
+
 def greedy_allocation(scan: SensitivityScan, shapes: dict[str, ConvShape], table: LayerLatencyTable,
                       goal_saving_ms: float, round_to: int = 8) -> Allocation:
     """Per-group keeps whose estimated saving reaches ``goal_saving_ms`` at the least summed damage."""
@@ -185,23 +208,13 @@ def greedy_allocation(scan: SensitivityScan, shapes: dict[str, ConvShape], table
     saving, damage = 0.0, 0.0
     history = []
     while saving < goal_saving_ms:
-        best = None
-        for root, group in state.groups.items():
-            current = state.keep[root]
-            convs = state.convs_of(root)
-            now = state.time_of(convs, state.keep)
-            # Kernel times are not monotonic in the channel count (blocked layouts: 56 channels can
-            # run slower than 64), so a step may cut 1, 2 or 4 multiples of round_to at once.
-            for multiple in STEP_MULTIPLES:
-                proposed = current - multiple * round_to
-                if proposed < group.min_keep:
-                    break
-                gain = now - state.time_of(convs, {**state.keep, root: proposed})
-                cost = group.damage_at(proposed) - group.damage_at(current)
-                # damage per millisecond saved; a step the table says saves nothing is never taken
-                score = max(cost, 0.0) / gain if gain > 1e-6 else float("inf")
-                if best is None or score < best[0]:
-                    best = (score, root, proposed, gain, cost)
+        # Kernel times are not monotonic in the channel count (blocked layouts: 56 channels can
+        # run slower than 64), so a step may cut 1, 2 or 4 multiples of round_to at once. Where no
+        # such step is timed as faster anywhere (a plateau: small layers whose time is launch
+        # overhead, or a noisy table), any longer step of a group is tried before giving up.
+        best = _best_step(state, STEP_MULTIPLES, round_to)
+        if best is None or best[0] == float("inf"):
+            best = _best_step(state, None, round_to)
         if best is None or best[0] == float("inf"):
             raise PrunePerceptionError(f"the latency table cannot save {goal_saving_ms:.2f} ms of {full:.2f}: no group "
                                        f"has a step left that it times as faster (saved {saving:.2f} ms)")
