@@ -4,7 +4,7 @@ memory blow-up (-rss_limit_mb) fails the run; libFuzzer saves the input under
 <output>/<harness>/crash-*, which belongs in fuzz/regressions/<harness>/ once fixed.
 
     python scripts/fuzz.py --seconds 600            # the longer run: 10 minutes per harness
-    python scripts/fuzz.py --runs 2000              # a bounded smoke run (what CI does)
+    python scripts/fuzz.py --runs 2000 --seed 1     # a bounded, repeatable smoke run (what CI does)
 """
 
 from __future__ import annotations
@@ -23,13 +23,15 @@ HARNESSES = ("image_conversion", "sidecar", "compress_config", "bag_reader")
 _DONE = re.compile(r"Done (\d+) runs in (\d+) second")
 
 
-def run_harness(name: str, output: Path, runs: int, seconds: int, timeout_s: int, rss_limit_mb: int) -> dict:
+def run_harness(name: str, output: Path, runs: int, seconds: int, timeout_s: int, rss_limit_mb: int,
+                seed: int = 0) -> dict:
     folder = output / name
     corpus = folder / "corpus"
     corpus.mkdir(parents=True, exist_ok=True)
     limit = f"-runs={runs}" if runs else f"-max_total_time={seconds}"
     command = [sys.executable, str(FUZZ / f"fuzz_{name}.py"), limit, f"-timeout={timeout_s}",
-               f"-rss_limit_mb={rss_limit_mb}", f"-artifact_prefix={folder}/", "-print_final_stats=1", str(corpus)]
+               f"-rss_limit_mb={rss_limit_mb}", f"-artifact_prefix={folder}/", "-print_final_stats=1", f"-seed={seed}",
+               str(corpus)]
     started = time.monotonic()
     result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     wall = time.monotonic() - started
@@ -49,6 +51,7 @@ def main() -> int:
     parser.add_argument("--harness", default=",".join(HARNESSES), help=f"comma-separated, of {', '.join(HARNESSES)}")
     parser.add_argument("--timeout", type=int, default=10, help="seconds one input may take before it is a hang")
     parser.add_argument("--rss-limit-mb", type=int, default=3072)
+    parser.add_argument("--seed", type=int, default=0, help="libFuzzer's random seed (0: a new one each run)")
     parser.add_argument("--output", type=Path, default=ROOT / "runs" / "fuzz")
     args = parser.parse_args()
     names = [name.strip() for name in args.harness.split(",") if name.strip()]
@@ -59,7 +62,7 @@ def main() -> int:
     results = []
     print(f"{'harness':<18} {'inputs run':>10} {'seconds':>8} {'inputs/s':>9} {'corpus':>7}  outcome")
     for name in names:
-        result = run_harness(name, args.output, args.runs, args.seconds, args.timeout, args.rss_limit_mb)
+        result = run_harness(name, args.output, args.runs, args.seconds, args.timeout, args.rss_limit_mb, args.seed)
         results.append(result)
         rate = f"{result['runs'] / max(result['seconds'], 1e-9):9.0f}" if result["runs"] else f"{'?':>9}"
         outcome = "ok" if result["exit_code"] == 0 else f"FAILED (exit {result['exit_code']}): {result['findings']}"

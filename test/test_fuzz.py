@@ -23,7 +23,7 @@ def test_every_harness_survives_a_smoke_run(tmp_path):
     for name in HARNESSES:
         result = subprocess.run(
             [sys.executable, str(ROOT / "scripts" / "fuzz.py"), "--harness", name, "--runs", str(SMOKE_RUNS[name]),
-             "--output", str(tmp_path)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+             "--output", str(tmp_path), "--seed", "1"], capture_output=True, text=True, cwd=ROOT, timeout=600)
         assert result.returncode == 0, result.stdout + result.stderr[-4000:]
         (summary,) = json.loads((tmp_path / "summary.json").read_text())
         results[name] = summary

@@ -61,6 +61,8 @@ def test_missing_sidecar_is_none(tmp_path):
     (lambda d: d.update(format_version=9), "format_version"),
     (lambda d: d.update(extra_key=1), "unknown metadata keys"),
     (lambda d: d["input"].update(colour="x"), "malformed"),
+    (lambda d: d["input"].update(height=32.0), "input.height must be an integer"),  # found by fuzzing
+    (lambda d: d["input"].update(pad_value=True), "input.pad_value must be an integer"),
 ])
 def test_malformed_sidecars_give_clear_errors(tmp_path, change, message):
     model = tmp_path / "model.onnx"

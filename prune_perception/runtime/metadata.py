@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,10 @@ class InputSpec:
     letterbox_align: str = "top_left"
 
     def __post_init__(self) -> None:
+        for name in ("width", "height", "pad_value"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ModelMetadataError(f"input.{name} must be an integer, got {value!r}")
         if self.width <= 0 or self.height <= 0:
             raise ModelMetadataError(f"input size must be positive, got {self.width}x{self.height}")
         _check_choice("input.layout", self.layout, LAYOUTS)
