@@ -8,8 +8,9 @@ the least estimated damage (the NetAdapt / HALP recipe).
   A model's estimated latency saving is the sum of its layers' savings.
 - **Greedy allocation.** Starting from the full model, it repeatedly takes the one step (one
   group loses one, two or four more multiples of ``round_to`` channels) with the least added damage
-  per millisecond saved, from
-  the :mod:`sensitivity` scan, until the estimated saving reaches the target.
+  per millisecond saved, from the :mod:`sensitivity` scan, until the estimated saving reaches the
+  target. Where the table times none of those steps as faster (a plateau), longer cuts are tried
+  before it gives up.
 - **Measured, not estimated.** Layer times do not add up exactly to the network's, so the caller
   prunes with the allocation, times the real model against the teacher, and raises the estimate's
   goal by the shortfall until the measured speed-up reaches the target (:func:`allocate_to_target`).
@@ -201,8 +202,12 @@ def _best_step(state: _AllocationState, multiples: Sequence[int] | None,
 
 
 def greedy_allocation(scan: SensitivityScan, shapes: dict[str, ConvShape], table: LayerLatencyTable,
-                      goal_saving_ms: float, round_to: int = 8) -> Allocation:
-    """Per-group keeps whose estimated saving reaches ``goal_saving_ms`` at the least summed damage."""
+                      goal_saving_ms: float, round_to: int = 8, best_effort: bool = False,
+                      longer_steps: bool = True) -> Allocation:
+    """Per-group keeps whose estimated saving reaches ``goal_saving_ms`` at the least summed damage.
+
+    A goal the table cannot reach raises, or with ``best_effort`` returns the most it can save.
+    ``longer_steps`` False never cuts more than the ordinary steps (for comparison)."""
     state = _AllocationState(shapes, scan.groups, table)
     full = state.time_of(set(shapes), state.keep)
     saving, damage = 0.0, 0.0
@@ -213,11 +218,13 @@ def greedy_allocation(scan: SensitivityScan, shapes: dict[str, ConvShape], table
         # such step is timed as faster anywhere (a plateau: small layers whose time is launch
         # overhead, or a noisy table), any longer step of a group is tried before giving up.
         best = _best_step(state, STEP_MULTIPLES, round_to)
-        if best is None or best[0] == float("inf"):
+        if (best is None or best[0] == float("inf")) and longer_steps:
             best = _best_step(state, None, round_to)
         if best is None or best[0] == float("inf"):
-            raise PrunePerceptionError(f"the latency table cannot save {goal_saving_ms:.2f} ms of {full:.2f}: no group "
-                                       f"has a step left that it times as faster (saved {saving:.2f} ms)")
+            if best_effort:
+                break
+            raise PrunePerceptionError(f"the latency table cannot save {goal_saving_ms:.2f} ms of {full:.2f}: no "
+                                       f"group has a step left that it times as faster (saved {saving:.2f} ms)")
         _, root, proposed, gain, cost = best
         state.keep[root] = proposed
         saving += gain
