@@ -63,6 +63,9 @@ def test_missing_sidecar_is_none(tmp_path):
     (lambda d: d["input"].update(colour="x"), "malformed"),
     (lambda d: d["input"].update(height=32.0), "input.height must be an integer"),  # found by fuzzing
     (lambda d: d["input"].update(pad_value=True), "input.pad_value must be an integer"),
+    (lambda d: d["decoder"].update(strides=[8, 16.5, 32]), "decoder.strides must be integers"),
+    (lambda d: d["decoder"].update(strides=8), "malformed"),
+    (lambda d: d["decoder"].update(decoded_in_graph="false"), "decoded_in_graph must be true or false"),
 ])
 def test_malformed_sidecars_give_clear_errors(tmp_path, change, message):
     model = tmp_path / "model.onnx"

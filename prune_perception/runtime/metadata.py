@@ -101,6 +101,10 @@ class DecoderSpec:
 
     def __post_init__(self) -> None:
         _check_choice("decoder.type", self.type, DECODERS)
+        if not all(isinstance(stride, numbers.Integral) and not isinstance(stride, bool) for stride in self.strides):
+            raise ModelMetadataError(f"decoder.strides must be integers, got {list(self.strides)}")
+        if not isinstance(self.decoded_in_graph, bool):
+            raise ModelMetadataError(f"decoder.decoded_in_graph must be true or false, got {self.decoded_in_graph!r}")
         if not self.strides or any(stride <= 0 for stride in self.strides):
             raise ModelMetadataError(f"decoder.strides must be positive, got {list(self.strides)}")
 
@@ -183,7 +187,7 @@ class ModelMetadata:
                     input_data[key] = tuple(float(v) for v in input_data[key])
             decoder_data = dict(data.get("decoder", {}))
             if "strides" in decoder_data:
-                decoder_data["strides"] = tuple(int(s) for s in decoder_data["strides"])
+                decoder_data["strides"] = tuple(decoder_data["strides"])
             class_names = tuple(str(name) for name in data["class_names"])
             engine = EngineInfo(**data["engine"]) if data.get("engine") else None
             raw_ids = data.get("class_ids")
