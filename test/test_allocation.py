@@ -109,7 +109,10 @@ def test_greedy_allocation_crosses_a_plateau_with_a_longer_step(model_and_images
     # ordinary steps of one multiple of 8 channels: on this staircase none of them saves anything
     monkeypatch.setattr(allocation_module, "STEP_MULTIPLES", (1,))
     table = StaircaseTable(None)
-    allocation = greedy_allocation(scan, shapes, table, 0.1 * sum(table(s) for s in shapes.values()))
+    goal = 0.1 * sum(table(s) for s in shapes.values())
+    with pytest.raises(PrunePerceptionError, match="cannot save"):
+        greedy_allocation(scan, shapes, table, goal, longer_steps=False)
+    allocation = greedy_allocation(scan, shapes, table, goal)
     assert allocation.estimated_saving_ms >= 0.1 * allocation.layer_sum_ms
     groups = {g.root: g for g in scan.groups}
     assert all(g.channels % 16 == 0 for g in scan.groups)
