@@ -181,7 +181,8 @@ class _AllocationState:
 def _best_step(state: _AllocationState, multiples: Sequence[int] | None,
                round_to: int) -> tuple[float, str, int, float, float] | None:
     """The step (score, root, proposed keep, gain ms, added damage) with the least damage per
-    millisecond saved; ``multiples`` None tries every cut a group's ``min_keep`` allows."""
+    millisecond saved, None where no step is timed as faster; ``multiples`` None tries every cut a
+    group's ``min_keep`` allows."""
     best = None
     for root, group in state.groups.items():
         current = state.keep[root]
@@ -193,9 +194,10 @@ def _best_step(state: _AllocationState, multiples: Sequence[int] | None,
             if proposed < group.min_keep:
                 break
             gain = now - state.time_of(convs, {**state.keep, root: proposed})
+            if gain <= 1e-6:
+                continue  # a step the table says saves nothing is never taken
             cost = group.damage_at(proposed) - group.damage_at(current)
-            # damage per millisecond saved; a step the table says saves nothing is never taken
-            score = max(cost, 0.0) / gain if gain > 1e-6 else float("inf")
+            score = max(cost, 0.0) / gain  # damage per millisecond saved
             if best is None or score < best[0]:
                 best = (score, root, proposed, gain, cost)
     return best
@@ -218,9 +220,9 @@ def greedy_allocation(scan: SensitivityScan, shapes: dict[str, ConvShape], table
         # such step is timed as faster anywhere (a plateau: small layers whose time is launch
         # overhead, or a noisy table), any longer step of a group is tried before giving up.
         best = _best_step(state, STEP_MULTIPLES, round_to)
-        if (best is None or best[0] == float("inf")) and longer_steps:
+        if best is None and longer_steps:
             best = _best_step(state, None, round_to)
-        if best is None or best[0] == float("inf"):
+        if best is None:
             if best_effort:
                 break
             raise PrunePerceptionError(f"the latency table cannot save {goal_saving_ms:.2f} ms of {full:.2f}: no "

@@ -68,7 +68,7 @@ class InputSpec:
     def __post_init__(self) -> None:
         for name in ("width", "height", "pad_value"):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+            if not _is_integer(value):
                 raise ModelMetadataError(f"input.{name} must be an integer, got {value!r}")
         if self.width <= 0 or self.height <= 0:
             raise ModelMetadataError(f"input size must be positive, got {self.width}x{self.height}")
@@ -101,7 +101,7 @@ class DecoderSpec:
 
     def __post_init__(self) -> None:
         _check_choice("decoder.type", self.type, DECODERS)
-        if not all(isinstance(stride, numbers.Integral) and not isinstance(stride, bool) for stride in self.strides):
+        if not all(_is_integer(stride) for stride in self.strides):
             raise ModelMetadataError(f"decoder.strides must be integers, got {list(self.strides)}")
         if not isinstance(self.decoded_in_graph, bool):
             raise ModelMetadataError(f"decoder.decoded_in_graph must be true or false, got {self.decoded_in_graph!r}")
@@ -192,7 +192,7 @@ class ModelMetadata:
             engine = EngineInfo(**data["engine"]) if data.get("engine") else None
             raw_ids = data.get("class_ids")
             if raw_ids is not None and (not isinstance(raw_ids, list) or
-                                        not all(isinstance(i, int) and not isinstance(i, bool) for i in raw_ids)):
+                                        not all(_is_integer(i) for i in raw_ids)):
                 raise ModelMetadataError(f"class_ids must be a list of integers, got {raw_ids!r}")
             class_ids = tuple(raw_ids) if raw_ids is not None else None
             metadata = cls(
@@ -211,6 +211,11 @@ class ModelMetadata:
         if not metadata.class_names:
             raise ModelMetadataError("metadata class_names is empty")
         return metadata
+
+
+def _is_integer(value: Any) -> bool:
+    """An integer as JSON writes one: ``32`` (or a numpy integer), not ``32.0`` and not ``true``."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
