@@ -1,6 +1,7 @@
 """Recovering a pruned detector: augmentation, losses, and the training loop (resume included)."""
 
 import copy
+import dataclasses
 
 import numpy as np
 import pytest
@@ -17,13 +18,17 @@ from prune_perception.compress.prune import PruneConfig, prune_model
 from prune_perception.compress.train import (
     CHECKPOINT_NAME,
     PREVIOUS_CHECKPOINT_NAME,
+    BatchPrefetcher,
     TrainConfig,
     Trainer,
     batch_for_step,
+    cpu_has_native_bf16,
     ramped_ema_update,
+    resolve_precision,
 )
 from prune_perception.data.augment import AugmentConfig, Sample, augment, horizontal_flip, letterbox
 from prune_perception.data.datasets import load_yolo_dataset
+from prune_perception.errors import PrunePerceptionError
 from prune_perception.models.weights import load_onnx_weights
 from prune_perception.models.yolox import build_yolox
 
@@ -295,3 +300,88 @@ def test_ramped_ema_follows_the_weights_early_and_averages_later():
         model[0].weight.fill_(0.0)
     ema.update_parameters(model)  # now the decay is ~0.999: one step barely moves it
     assert ema.module[0].weight.min() > 0.99
+
+
+needs_native_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has no native bf16 "
+                                       "(AVX-512 BF16 or AMX): bf16 autocast is refused there")
+
+
+@needs_native_bf16
+def test_bf16_and_fp32_give_close_outputs_and_the_loss_falls_under_both(teacher, samples, eval_batch, tmp_path):
+    student = pruned(teacher)
+    with torch.no_grad():
+        reference = torch.cat([level.flatten(2) for level in student.logits(eval_batch)], dim=2)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            fast = torch.cat([level.flatten(2) for level in student.to(memory_format=torch.channels_last).logits(
+                eval_batch.contiguous(memory_format=torch.channels_last))], dim=2).float()
+    student.to(memory_format=torch.contiguous_format)
+    # bf16 keeps 8 bits of mantissa: logits agree to a few hundredths of their spread
+    assert float((fast - reference).abs().mean()) < 0.02 * float(reference.std())
+    before = held_out_distill_loss(student, teacher, eval_batch)
+    for precision in ("fp32", "bf16"):
+        config = TrainConfig(steps=25, batch_size=4, learning_rate=2e-3, warmup_steps=3, ema_decay=0,
+                             checkpoint_every=1000, precision=precision)
+        trained = copy.deepcopy(student)
+        trainer = Trainer(trained, teacher, samples, config, tmp_path / precision, AugmentConfig(input_size=SIZE))
+        assert trainer.precision == precision
+        trainer.fit(progress=False)
+        after = held_out_distill_loss(trainer.trained_model(), teacher, eval_batch)
+        assert after < 0.9 * before, (precision, before, after)
+        # the saved model is in the default memory format, whatever the run trained in
+        assert all(p.is_contiguous() for p in trainer.trained_model().parameters())
+
+
+def test_precision_is_chosen_at_start_up_and_refused_where_it_cannot_run():
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_native_bf16() else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("auto", torch.device("cuda")) == "fp16"
+    with pytest.raises(PrunePerceptionError, match="fp16 needs CUDA"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(PrunePerceptionError, match="precision must be one of"):
+        TrainConfig(precision="int4")
+
+
+def test_batches_prepared_ahead_keep_a_resumed_run_byte_identical(teacher, samples, tmp_path):
+    """With the worker preparing step k+1 while step k trains, batches are still a function of
+    (seed, step): a run killed and resumed ends with the same bytes as one that ran straight."""
+    config = TrainConfig(steps=6, batch_size=2, learning_rate=1e-3, warmup_steps=2, checkpoint_every=2,
+                         ema_decay=0.9, prefetch=True)
+    augment_config = AugmentConfig(input_size=SIZE)
+    start = pruned(teacher)
+    straight = Trainer(copy.deepcopy(start), teacher, samples, config, tmp_path / "straight", augment_config)
+    assert straight.prefetch
+    straight.fit(progress=False)
+    Trainer(copy.deepcopy(start), teacher, samples, config, tmp_path / "killed", augment_config).fit(
+        progress=False, stop_after=3)  # stops after step 3; its checkpoint is from step 2
+    resumed = Trainer(copy.deepcopy(start), teacher, samples, config, tmp_path / "killed", augment_config)
+    assert resumed.fit(progress=False).resumed_from_step == 2
+    # the same bits in every weight, EMA weight and optimizer moment (the history differs only in its wall times)
+    ends = [torch.load(tmp_path / run / CHECKPOINT_NAME, weights_only=True) for run in ("straight", "killed")]
+    for key in ("student", "ema"):
+        for name, value in ends[0][key].items():
+            assert torch.equal(value, ends[1][key][name]), (key, name)
+    for index, moments in ends[0]["optimizer"]["state"].items():
+        for name, value in moments.items():
+            assert torch.equal(value, ends[1]["optimizer"]["state"][index][name]), (index, name)
+    # and the batches the worker prepared are those batch_for_step gives
+    unprefetched = Trainer(copy.deepcopy(start), teacher, samples, dataclasses.replace(config, prefetch=False),
+                           tmp_path / "inline", augment_config)
+    unprefetched.fit(progress=False)
+    for a, b in zip(straight.student.state_dict().values(), unprefetched.student.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_batch_prefetcher_hands_out_the_asked_step_even_after_a_jump():
+    made = []
+
+    def make(step):
+        made.append(step)
+        return step * 10
+
+    prefetcher = BatchPrefetcher(make)
+    assert prefetcher.get(0, 1) == 0
+    assert prefetcher.get(1, 2) == 10  # prepared ahead
+    assert prefetcher.get(5, None) == 50  # not the one prepared: made on the spot
+    prefetcher.close()
+    assert made[:2] == [0, 1] and 5 in made

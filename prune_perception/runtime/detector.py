@@ -11,10 +11,11 @@ from typing import Sequence
 
 import numpy as np
 
-from prune_perception.errors import ModelMetadataError
+from prune_perception.errors import InferenceError, ModelMetadataError
 from prune_perception.runtime.backends import create_backend, resolve_backend_name
 from prune_perception.runtime.metadata import ModelMetadata, load_sidecar
-from prune_perception.runtime.postprocess import Detections, YoloxDecoder, postprocess
+from prune_perception.runtime.decoders import build_decoder
+from prune_perception.runtime.postprocess import Detections, postprocess
 from prune_perception.runtime.preprocess import Preprocessor
 
 LOGGER = logging.getLogger(__name__)
@@ -94,14 +95,21 @@ class Detector:
         )
         if metadata is None:
             metadata = self.backend.inferred_metadata()
-            LOGGER.warning(
-                "%s has no metadata sidecar; using YOLOX defaults: input %dx%d %s, %s 0..255, pad %d, "
-                "strides %s, %d classes%s",
-                self.model_path.name, metadata.input.width, metadata.input.height, metadata.input.layout,
-                metadata.input.channel_order, metadata.input.pad_value, list(metadata.decoder.strides),
-                metadata.num_classes, " (COCO names)" if metadata.num_classes == 80 else "",
-            )
+            if metadata.source == "file":
+                LOGGER.info("%s has no metadata sidecar; read from the file itself: %s decoder, input %dx%d %s %s, "
+                            "%d classes", self.model_path.name, metadata.decoder.type, metadata.input.width,
+                            metadata.input.height, metadata.input.channel_order, metadata.input.letterbox_align,
+                            metadata.num_classes)
+            else:
+                LOGGER.warning(
+                    "%s has no metadata sidecar; using YOLOX defaults: input %dx%d %s, %s 0..255, pad %d, "
+                    "strides %s, %d classes%s",
+                    self.model_path.name, metadata.input.width, metadata.input.height, metadata.input.layout,
+                    metadata.input.channel_order, metadata.input.pad_value, list(metadata.decoder.strides),
+                    metadata.num_classes, " (COCO names)" if metadata.num_classes == 80 else "",
+                )
         self.metadata = metadata
+        self.decoder = build_decoder(metadata)
         self._check_output_layout()
         self.config = config or DetectorConfig()
         self.max_batch = self.backend.max_batch()
@@ -109,9 +117,6 @@ class Detector:
         # the teacher id of each class of a specialized model, as an array once (indexed every frame)
         self._source_ids = np.asarray(metadata.class_ids, np.int64) if metadata.class_ids is not None else None
         self.preprocessor = Preprocessor(metadata.input)
-        self.decoder = YoloxDecoder(
-            metadata.input.width, metadata.input.height, metadata.decoder.strides, metadata.decoder.decoded_in_graph
-        )
 
     @property
     def device(self) -> str:
@@ -119,10 +124,15 @@ class Detector:
 
     def _check_output_layout(self) -> None:
         output_shape = self.backend.output_shape()
-        if output_shape is not None and output_shape[-1] - 5 != self.metadata.num_classes:
+        if output_shape is None:
+            return
+        try:
+            classes = self.decoder.num_classes_of(output_shape)
+        except InferenceError as exc:
+            raise ModelMetadataError(f"{self.model_path.name}: {exc}") from exc
+        if classes != self.metadata.num_classes:
             raise ModelMetadataError(
-                f"{self.model_path.name} outputs {output_shape[-1] - 5} classes but its metadata names "
-                f"{self.metadata.num_classes}"
+                f"{self.model_path.name} outputs {classes} classes but its metadata names {self.metadata.num_classes}"
             )
 
     def update_config(self, **changes: float | int) -> None:

@@ -43,7 +43,7 @@ FORMAT_VERSION = 1
 LAYOUTS = ("NCHW", "NHWC")
 CHANNEL_ORDERS = ("BGR", "RGB")
 LETTERBOX_ALIGNS = ("top_left", "center")
-DECODERS = ("yolox",)
+DECODERS = ("yolox", "ultralytics")
 
 
 @dataclass(frozen=True)
@@ -92,6 +92,9 @@ class DecoderSpec:
     ``yolox``: output ``[1, N, 5 + C]`` with N grid cells over ``strides``; each row holds
     (dx, dy, log w, log h) unless ``decoded_in_graph`` (then cx, cy, w, h in input pixels),
     objectness and C class scores, both already passed through a sigmoid.
+
+    ``ultralytics`` (YOLOv8 / YOLO11 detect): output ``[1, 4 + C, N]`` (or ``[1, N, 4 + C]``),
+    cx, cy, w, h in input pixels and C class scores after a sigmoid, no objectness.
     """
 
     type: str = "yolox"

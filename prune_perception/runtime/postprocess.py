@@ -1,4 +1,5 @@
-"""Raw model output -> detections: YOLOX grid decode, score threshold, class-aware NMS."""
+"""Raw model output -> detections: the family's decoder (:mod:`prune_perception.runtime.decoders`),
+score threshold, class-aware NMS, boxes mapped back to the image."""
 
 from __future__ import annotations
 
@@ -9,7 +10,11 @@ import cv2
 import numpy as np
 
 from prune_perception.errors import InferenceError
+from prune_perception.runtime.decoders.base import CandidateBoxes, Decoder
+from prune_perception.runtime.decoders.yolox import YoloxDecoder
 from prune_perception.runtime.preprocess import LetterboxGeometry
+
+__all__ = ["CandidateBoxes", "Decoder", "Detection", "Detections", "YoloxDecoder", "class_aware_nms", "postprocess"]
 
 
 class Detection(NamedTuple):
@@ -53,67 +58,6 @@ class Detections:
         return self.class_names[int(self.class_ids[index])]
 
 
-@dataclass(frozen=True)
-class CandidateBoxes:
-    """Boxes that passed the score threshold, before NMS, in model-input pixels."""
-
-    boxes_xyxy: np.ndarray
-    scores: np.ndarray
-    class_ids: np.ndarray
-
-
-class YoloxDecoder:
-    """Decodes YOLOX output ``[1, N, 5 + C]`` over a grid of ``strides``.
-
-    For grid cell (gx, gy) at stride s: cx = (dx + gx) * s, cy = (dy + gy) * s,
-    w = exp(log w) * s, h = exp(log h) * s; score = objectness * best class score.
-    Only rows above the score threshold are decoded.
-    """
-
-    def __init__(self, input_width: int, input_height: int, strides: Sequence[int], decoded_in_graph: bool = False):
-        self.decoded_in_graph = decoded_in_graph
-        grids, cell_strides = [], []
-        for stride in strides:
-            rows, cols = input_height // stride, input_width // stride
-            grid_y, grid_x = np.mgrid[0:rows, 0:cols]
-            grids.append(np.stack([grid_x.ravel(), grid_y.ravel()], axis=1))
-            cell_strides.append(np.full(rows * cols, stride))
-        self.grid = np.concatenate(grids).astype(np.float32)
-        self.cell_strides = np.concatenate(cell_strides).astype(np.float32)[:, None]
-        self.strides = tuple(strides)
-
-    @property
-    def num_cells(self) -> int:
-        return len(self.grid)
-
-    def candidates(self, raw: np.ndarray, score_threshold: float) -> CandidateBoxes:
-        rows = raw[0] if raw.ndim == 3 else raw
-        if rows.ndim != 2 or rows.shape[1] < 6:
-            raise InferenceError(f"YOLOX output must be [1, N, 5 + classes], got shape {raw.shape}")
-        if not self.decoded_in_graph and rows.shape[0] != self.num_cells:
-            raise InferenceError(
-                f"model output has {rows.shape[0]} rows, but strides {list(self.strides)} over the input size "
-                f"give {self.num_cells} grid cells: the metadata does not match the model"
-            )
-        # Class scores are <= 1, so only rows whose objectness passes can pass: filter those first.
-        rows_index = np.flatnonzero(rows[:, 4] > score_threshold)
-        class_scores = rows[rows_index, 5:]
-        class_ids = class_scores.argmax(axis=1)
-        scores = rows[rows_index, 4] * class_scores[np.arange(len(rows_index)), class_ids]
-        passed = scores > score_threshold
-        keep = rows_index[passed]
-        scores, class_ids = scores[passed], class_ids[passed]
-        raw_boxes = rows[keep, :4]
-        if self.decoded_in_graph:
-            centers, sizes = raw_boxes[:, :2], raw_boxes[:, 2:4]
-        else:
-            strides = self.cell_strides[keep]
-            centers = (raw_boxes[:, :2] + self.grid[keep]) * strides
-            sizes = np.exp(np.minimum(raw_boxes[:, 2:4], 20.0)) * strides  # clamp: exp overflow on garbage
-        boxes = np.concatenate([centers - sizes / 2, centers + sizes / 2], axis=1).astype(np.float32)
-        return CandidateBoxes(boxes, scores.astype(np.float32), class_ids.astype(np.int64))
-
-
 def class_aware_nms(
     boxes_xyxy: np.ndarray, scores: np.ndarray, class_ids: np.ndarray, iou_threshold: float, max_detections: int
 ) -> np.ndarray:
@@ -132,7 +76,7 @@ def class_aware_nms(
 
 def postprocess(
     raw: np.ndarray,
-    decoder: YoloxDecoder,
+    decoder: Decoder,
     geometry: LetterboxGeometry,
     class_names: Sequence[str],
     score_threshold: float,
@@ -141,10 +85,9 @@ def postprocess(
     source_ids: np.ndarray | None = None,
 ) -> Detections:
     """Decode, threshold, NMS, and map the boxes back to the original image."""
-    if raw.shape[-1] - 5 != len(class_names):
-        raise InferenceError(
-            f"model output has {raw.shape[-1] - 5} classes but the metadata names {len(class_names)}"
-        )
+    classes = decoder.num_classes_of(raw.shape)
+    if classes != len(class_names):
+        raise InferenceError(f"model output has {classes} classes but the metadata names {len(class_names)}")
     candidates = decoder.candidates(raw, score_threshold)
     keep = class_aware_nms(candidates.boxes_xyxy, candidates.scores, candidates.class_ids, nms_threshold, max_detections)
     if len(keep) == 0:

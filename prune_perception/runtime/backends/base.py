@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from prune_perception.errors import BackendUnavailableError, ModelLoadError, ModelMetadataError
+from prune_perception.runtime.decoders.ultralytics import is_ultralytics_export, ultralytics_metadata
 from prune_perception.runtime.metadata import ModelMetadata, default_yolox_metadata
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
@@ -61,8 +62,17 @@ class InferenceBackend(ABC):
         shape = self.input_shape()
         return shape[0] if shape is not None else None
 
+    def model_properties(self) -> dict[str, str]:
+        """The key/value metadata the model file carries (ONNX ``metadata_props``); {} if none."""
+        return {}
+
     def inferred_metadata(self) -> ModelMetadata:
-        """Metadata for a model without a sidecar, from its declared I/O shapes (YOLOX defaults)."""
+        """Metadata for a model without a sidecar: from what the file itself says where it says
+        enough (an Ultralytics export names its classes, input size and strides), else from its
+        declared I/O shapes with the YOLOX defaults."""
+        properties = self.model_properties()
+        if is_ultralytics_export(properties):
+            return ultralytics_metadata(properties, self.input_shape())
         input_shape, output_shape = self.input_shape(), self.output_shape()
         if input_shape is None or len(input_shape) != 4 or output_shape is None or len(output_shape) != 3:
             raise ModelMetadataError(

@@ -91,6 +91,9 @@ class OnnxRuntimeBackend(InferenceBackend):
     def input_shape(self) -> tuple[int, ...] | None:
         return _static_shape(self._input.shape)
 
+    def model_properties(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
     def output_shape(self) -> tuple[int, ...] | None:
         return _static_shape(self._output.shape)
 

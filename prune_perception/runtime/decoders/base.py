@@ -1,0 +1,36 @@
+"""What every decoder gives: candidate boxes in model-input pixels, before NMS."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CandidateBoxes:
+    """Boxes that passed the score threshold, before NMS, in model-input pixels."""
+
+    boxes_xyxy: np.ndarray
+    scores: np.ndarray
+    class_ids: np.ndarray
+
+
+class Decoder(ABC):
+    """Turns one image's raw model output into :class:`CandidateBoxes`."""
+
+    family: str = "base"
+
+    @abstractmethod
+    def num_classes_of(self, output_shape: Sequence[int | str | None]) -> int:
+        """The class count an output of ``output_shape`` carries.
+
+        Raises:
+            InferenceError: the shape is not this family's layout.
+        """
+
+    @abstractmethod
+    def candidates(self, raw: np.ndarray, score_threshold: float) -> CandidateBoxes:
+        """The boxes of ``raw`` (one image's output) scoring above ``score_threshold``."""
