@@ -10,10 +10,14 @@ import torch
 from prune_perception.compress.prune import (
     PruneConfig,
     PruningError,
+    conv_channels,
     count_macs_params,
+    pinned_prune_config,
     prune_model,
     prune_to_speedup,
+    reproducible_prune_config,
 )
+from prune_perception.compress.speedup_measurement import SpeedupMeasurement, repeat_close_calls
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.models.pruned_checkpoint import save_pruned_checkpoint
 from prune_perception.models.weights import load_onnx_weights
@@ -184,3 +188,46 @@ def test_speedup_search_refines_an_overshooting_step_to_the_least_pruned_model_t
     assert set(refined.kept_output_channels) == set(plain.kept_output_channels)  # what the refit reads
     with pytest.raises(PruningError, match="latency_refine_points must be >= 0"):
         PruneConfig(target_speedup=1.5, latency_refine_points=-1)
+
+
+def test_a_close_call_is_timed_again_and_a_step_within_the_noise_reaches_the_target():
+    timings = iter([1.29, 1.31, 1.28, 1.30, 1.29, 1.10])
+    measure = repeat_close_calls(lambda model: next(timings), target=1.30, margin=0.05, repeats=5)
+    close = measure(None)
+    assert close.samples == (1.29, 1.31, 1.28, 1.30, 1.29)  # within 5% of the target: timed five times
+    low, high = close.interval
+    assert low < 1.30 < high and close.reaches(1.30)  # 1.294 on average, but the target is within its noise
+    far = measure(None)
+    assert far.samples == (1.10,) and not far.reaches(1.30)  # far from it: one timing decides
+    assert not SpeedupMeasurement((1.20, 1.21, 1.20, 1.21, 1.20)).reaches(1.30)  # tight timings below it
+    assert SpeedupMeasurement((1.3,)).to_dict()["speedup_spread"] == 0.0
+
+
+def test_the_search_takes_a_step_within_the_noise_and_records_its_timings(nano_state):
+    timings = iter([1.10, 1.20] + [1.29, 1.27, 1.31, 1.28, 1.30] * 10)  # the third step times 1.29 +- 0.02
+
+    config = PruneConfig(target_speedup=1.3, latency_search_step=0.05, latency_refine_points=0)
+    _, result = prune_to_speedup(lambda: fresh_nano(nano_state), config, EXAMPLE,
+                                 repeat_close_calls(lambda model: next(timings), 1.3, margin=0.05, repeats=5))
+    assert len(result.history) == 3  # one timing of 1.29 would have pruned on
+    last = result.history[-1]
+    assert last["speedup_samples"] == [1.29, 1.27, 1.31, 1.28, 1.30] and last["speedup_ci95"][1] >= 1.3
+    assert [len(step["speedup_samples"]) for step in result.history] == [1, 1, 5]
+    assert last["speedup_spread"] == pytest.approx(0.04 / 1.29, rel=1e-3)
+
+
+def test_a_pinned_architecture_reproduces_the_same_channels(nano_state):
+    """What pruning.json records as ``reproduce`` prunes the same channels without any timing."""
+    teacher_macs, _ = count_macs_params(fresh_nano(nano_state), EXAMPLE)
+
+    def macs_speedup(model):
+        return teacher_macs / count_macs_params(model, EXAMPLE)[0]
+
+    config = PruneConfig(target_speedup=1.5, latency_search_step=0.1, latency_refine_points=3)
+    searched, result = prune_to_speedup(lambda: fresh_nano(nano_state), config, EXAMPLE, macs_speedup)
+    record = {"channels": conv_channels(searched), "reproduce": reproducible_prune_config(config, result)}
+    again = fresh_nano(nano_state)
+    prune_model(again, pinned_prune_config(record, config), EXAMPLE)
+    assert conv_channels(again) == record["channels"] != conv_channels(fresh_nano(nano_state))
+    with pytest.raises(PruningError, match="does not record how to reproduce"):
+        pinned_prune_config({"allocation": "latency", "channels": {}}, config)

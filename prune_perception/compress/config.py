@@ -153,7 +153,17 @@ class PruneSection:
     latency_backend: str = "onnxruntime"
     """Where target_speedup is measured: onnxruntime (CPU, evaluate.latency_threads) or torch (on ``device``)."""
     latency_search_step: float = 0.05
-    latency_refine_points: int = 3
+    latency_refine_points: int = 6
+    """Ratios pruned afresh and timed between the search step that missed the target and the one that
+    overshot it (those the channel rounding maps onto channels already timed are skipped)."""
+    latency_repeats: int = 5
+    """A timing within ``latency_noise_margin`` of the target is repeated this many times in all, and
+    the step reaches the target when the target lies within the 95% interval of their mean."""
+    latency_noise_margin: float = 0.05
+    channels_from: str | None = None
+    """Pin the architecture: prune exactly as the ``pruning.json`` of an earlier run records (its
+    ratio or per-layer allocation), check that every layer gets the channels recorded there, and skip
+    the speed-up search, so that a team retrains the same model."""
     """Uniform target_speedup: ratios timed between the step that missed the target and the one that
     reached it; the least pruned that reaches it is kept (0: keep the step, however far it overshot)."""
     global_pruning: bool = False
@@ -213,6 +223,10 @@ class PruneSection:
             raise ValueError(f"sparsity_amount must be in (0, 1), got {self.sparsity_amount}")
         if not self.targets():
             raise ValueError("set ratios, macs_fraction, params_fraction or target_speedup")
+        if self.channels_from is not None and len(self.targets()) != 1:
+            raise ValueError("channels_from pins one architecture: give one target (one ratio or speed-up)")
+        if self.latency_repeats < 1 or not 0 <= self.latency_noise_margin < 1:
+            raise ValueError("latency_repeats must be >= 1 and latency_noise_margin in [0, 1)")
         for target in self.targets():
             self.prune_config(target)  # validates every student's settings now, not mid-run
 
@@ -302,6 +316,27 @@ class ExportSection:
 
 
 @dataclass(frozen=True)
+class DistillSection(DistillConfig):
+    """The distillation loss's weights (:class:`DistillConfig`), and an optional second teacher."""
+
+    teacher: str | None = None
+    """A stronger detector file (ONNX of any family the runtime decodes, e.g. an Ultralytics
+    YOLOv8 export), used only as a source of pseudo-labels, computed once per run and cached
+    (:mod:`prune_perception.compress.distill_teacher`). The teacher of record stays ``teacher``.
+    Its boxes enter the label loss, so set ``train.label_weight`` above 0."""
+    teacher_score_threshold: float = 0.4
+    """The least score a detection of the second teacher needs to become a pseudo-label."""
+    pseudo_label_sets: bool = True
+    """Label the classes a labelled set does not label with the second teacher's boxes."""
+    pseudo_label_frames: bool = True
+    """Label the unlabelled frames with the second teacher's boxes (every kept class)."""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.teacher_score_threshold < 1:
+            raise ValueError(f"distill.teacher_score_threshold must be in (0, 1), got {self.teacher_score_threshold}")
+
+
+@dataclass(frozen=True)
 class CompressConfig:
     output_dir: str = "runs/compress"
     seed: int = 0
@@ -312,7 +347,7 @@ class CompressConfig:
     data: DataConfig = DataConfig()
     prune: PruneSection = PruneSection()
     train: TrainConfig = TrainConfig()
-    distill: DistillConfig = DistillConfig()
+    distill: DistillSection = DistillSection()
     augment: AugmentConfig = AugmentConfig()
     evaluate: EvaluateSection = EvaluateSection()
     export: ExportSection = ExportSection()

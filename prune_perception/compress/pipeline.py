@@ -40,14 +40,25 @@ from prune_perception.compress.batchnorm import reparameterize_batchnorm
 from prune_perception.compress.block_removal import rank_blocks, remove_blocks
 from prune_perception.compress.class_subset import ClassSubset, resolve_classes, specialize_head
 from prune_perception.compress.config import CompressConfig, config_to_dict
+from prune_perception.compress.distill_teacher import DistillTeacher, cached_predictions, with_pseudo_labels
 from prune_perception.compress.input_shape import InputShape, resolve_input_shape
 from prune_perception.compress.ladder import AS_GIVEN, ModelRecord, evaluate_record, file_mb, static_input_hw, time_ladder
-from prune_perception.compress.prune import PruneConfig, count_macs_params, prune_model, prune_to_speedup
+from prune_perception.compress.prune import (
+    PruneConfig,
+    conv_channels,
+    count_macs_params,
+    pinned_prune_config,
+    prune_model,
+    prune_to_speedup,
+    reproducible_prune_config,
+)
 from prune_perception.compress.reconstruct import reconstruct_pruned
 from prune_perception.compress.run_data import CompressData, check_sources, load_run_data
 from prune_perception.compress.sensitivity import SensitivityScan, scan_sensitivity
+from prune_perception.compress.speedup_measurement import repeat_close_calls
 from prune_perception.compress.sparsity import SparsityMasks, sparsify
 from prune_perception.compress.train import Trainer
+from prune_perception.data.augment import Sample
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.eval.latency_benchmark import measure_latency
 from prune_perception.export.int8 import quantize_int8_qdq
@@ -110,6 +121,15 @@ class CompressionRun:
         self.square_spec = InputSpec(width=config.teacher.input_size, height=config.teacher.input_size)
         self.camera_shaped = self.spec != self.square_spec
         self.student_names = self.subset.names if self.subset else self.class_names
+        self.distill_teacher: DistillTeacher | None = None
+        if config.distill.teacher:
+            if config.train.label_weight <= 0:
+                raise PrunePerceptionError("distill.teacher gives pseudo-labels, which enter the label loss: set "
+                                           "train.label_weight above 0")
+            self.distill_teacher = DistillTeacher(config.distill.teacher, self.student_names,
+                                                  config.distill.teacher_score_threshold)
+            LOGGER.info("distillation teacher: %s (pseudo-labels; the teacher of record stays %s)",
+                        self.distill_teacher.describe(), config.teacher.onnx or config.teacher.checkpoint)
         self.example = torch.zeros(1, 3, self.spec.height, self.spec.width)
         self.augment = config.augment
         if self.augment.input_hw != self.shape.hw:
@@ -120,6 +140,7 @@ class CompressionRun:
                     f"; students keep {len(self.subset)} classes: {', '.join(self.subset.names)}" if self.subset else "")
         self._teacher: nn.Module | None = None
         self._data: CompressData | None = None
+        self._training_samples: list[Sample] | None = None
         self._swept = False
 
     # ----------------------------------------------------------------- inputs, loaded once and on demand
@@ -178,6 +199,28 @@ class CompressionRun:
             raise PrunePerceptionError("set teacher.onnx or teacher.checkpoint")
         return model.eval()
 
+    @property
+    def training_samples(self) -> list[Sample]:
+        """The training images, with the distillation teacher's pseudo-labels where there is one
+        (computed once per run and cached in ``distill_teacher/``)."""
+        if self._training_samples is None:
+            data = self.data
+            self._training_samples = data.train_samples
+            if self.distill_teacher is not None:
+                folder = self.output_dir / "distill_teacher"
+                predictions = cached_predictions(self.distill_teacher, data.train_samples, self.shape.hw, folder,
+                                                 progress=self.progress)
+                section = self.config.distill
+                self._training_samples, added = with_pseudo_labels(
+                    data.train_samples, data.train_label_classes, predictions, len(self.student_names),
+                    section.pseudo_label_sets, section.pseudo_label_frames)
+                write_json_atomic(folder / "pseudo_labels.json", {
+                    "teacher": self.distill_teacher.describe(), "input_hw": list(self.shape.hw), **added})
+                LOGGER.info("pseudo-labels from %s: %d boxes on %d labelled images and %d unlabelled frames",
+                            self.distill_teacher.describe(), added["boxes"], added["labelled_images"],
+                            added["unlabelled_frames"])
+        return self._training_samples
+
     def load_data(self) -> CompressData:
         return load_run_data(self.config, self.spec, self.class_names, self.subset, progress=self.progress)
 
@@ -234,25 +277,32 @@ class CompressionRun:
         images = torch.from_numpy(np.concatenate(data.calibration[: section.calibration_images]))
         calibration = images if section.mean_compensation else None
         rounds: list[dict[str, float]] = []
-        if section.allocation == "latency":
+        pinned_from: str | None = None
+        if section.channels_from:
+            student, result, prune_config = self.pinned(section.channels_from, loss_fn, calibration)
+            pinned_from = section.channels_from
+        elif section.allocation == "latency":
             student = self.unpruned_student()
             prune_config, rounds = self.allocate(student, plan.target, meter, calibration)
             result = prune_model(student, prune_config, self.example, loss_fn=loss_fn, calibration=calibration)
             result.history[-1]["speedup"] = result.measured_speedup = rounds[-1]["measured_speedup"]
         elif meter is not None:
-            student, result = prune_to_speedup(self.unpruned_student, section.prune_config(plan.target), self.example,
-                                               meter, loss_fn=loss_fn, calibration=calibration)
+            prune_config = section.prune_config(plan.target)
+            noisy = repeat_close_calls(meter, plan.target, section.latency_noise_margin, section.latency_repeats)
+            student, result = prune_to_speedup(self.unpruned_student, prune_config, self.example, noisy,
+                                               loss_fn=loss_fn, calibration=calibration)
         else:
+            prune_config = section.prune_config(plan.target)
             student = self.unpruned_student()
-            result = prune_model(student, section.prune_config(plan.target), self.example, loss_fn=loss_fn,
-                                 calibration=calibration)
+            result = prune_model(student, prune_config, self.example, loss_fn=loss_fn, calibration=calibration)
         LOGGER.info("pruned: MACs %.1f%%, params %.1f%% of the teacher", 100 * result.macs_fraction, 100 * result.params_fraction)
         write_json_atomic(folder / "pruning.json", {
             "channel_ratio": result.channel_ratio, "macs_fraction": result.macs_fraction,
             "params_fraction": result.params_fraction, "steps": result.history, "refinement": result.refinement,
             "measured_speedup": result.measured_speedup, "allocation": section.allocation,
-            "allocation_rounds": rounds, "dropped_blocks": list(self.dropped_blocks),
-            "channels": {name: m.out_channels for name, m in student.named_modules() if isinstance(m, nn.Conv2d)}})
+            "allocation_rounds": rounds, "dropped_blocks": list(self.dropped_blocks), "pinned_from": pinned_from,
+            "reproduce": reproducible_prune_config(prune_config, result),
+            "channels": conv_channels(student)})
         if section.reconstruct:
             fit = reconstruct_pruned(student, teacher, result.kept_output_channels, images, seed=self.config.seed)
             write_json_atomic(folder / "reconstruction.json", {
@@ -261,6 +311,31 @@ class CompressionRun:
                 "relative_error_after": fit.relative_error_after})
         save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs(student))
         return student
+
+    def pinned(self, path: str, loss_fn: Callable | None, calibration: torch.Tensor | None
+               ) -> tuple[nn.Module, Any, PruneConfig]:
+        """The student an earlier run's ``pruning.json`` records, pruned again the same way; its
+        channels are checked layer by layer against the record."""
+        try:
+            record = json.loads(Path(path).read_text())
+            channels = record["channels"]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PrunePerceptionError(f"prune.channels_from: {path} is not a pruning.json ({exc})") from exc
+        if list(record.get("dropped_blocks", [])) != list(self.dropped_blocks):
+            raise PrunePerceptionError(f"prune.channels_from: {path} dropped blocks {record.get('dropped_blocks')}, "
+                                       f"this run drops {list(self.dropped_blocks)}: set prune.drop_block_names to match")
+        prune_config = pinned_prune_config(record, self.config.prune)
+        student = self.unpruned_student()
+        result = prune_model(student, prune_config, self.example, loss_fn=loss_fn, calibration=calibration)
+        got = conv_channels(student)
+        differ = [name for name in sorted(set(channels) | set(got)) if channels.get(name) != got.get(name)]
+        if differ:
+            raise PrunePerceptionError(
+                f"prune.channels_from: pruning as {path} records gives other channels in {len(differ)} layers "
+                f"(first: {differ[0]}: {got.get(differ[0])} against {channels.get(differ[0])} recorded); the teacher, "
+                "classes, calibration data or importance differ from that run's")
+        LOGGER.info("pinned architecture from %s: the same channels in all %d convolutions", path, len(got))
+        return student, result, prune_config
 
     def unpruned_student(self) -> nn.Module:
         """The teacher's weights in the students' shape before any channel is cut: the kept classes
@@ -378,7 +453,7 @@ class CompressionRun:
 
     def recover(self, student: nn.Module, plan: StudentPlan, folder: Path) -> nn.Module:
         masks = SparsityMasks.from_zeros(student, plan.sparsity) if plan.sparsity else None
-        trainer = Trainer(copy.deepcopy(student), self.teacher, self.data.train_samples, self.config.train, folder / "train",
+        trainer = Trainer(copy.deepcopy(student), self.teacher, self.training_samples, self.config.train, folder / "train",
                           self.augment, self.config.distill, self.config.device,
                           weight_constraint=masks.apply if masks else None,
                           teacher_classes=self.subset.teacher_ids if self.subset else None)

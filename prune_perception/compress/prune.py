@@ -21,6 +21,7 @@ import torch_pruning as tp
 from torch import nn
 
 from prune_perception.compress.channel_statistics import ActivationEnergyImportance, ChannelStatistics
+from prune_perception.compress.speedup_measurement import SpeedupMeasurement, as_measurement
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.models.hooks import hooked_eval
 
@@ -168,7 +169,7 @@ def prune_model(
     example_inputs: torch.Tensor,
     loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
     between_steps: Callable[[int, nn.Module], None] | None = None,
-    measure_speedup: Callable[[nn.Module], float] | None = None,
+    measure_speedup: Callable[[nn.Module], float | SpeedupMeasurement] | None = None,
     calibration: torch.Tensor | None = None,
 ) -> PruneResult:
     """Prune ``model`` in place.
@@ -178,7 +179,9 @@ def prune_model(
         loss_fn: for ``taylor`` importance: computes a differentiable loss of ``model`` on data.
         between_steps: called after every pruning step with (step, model), e.g. to fine-tune.
         measure_speedup: for ``target_speedup``: times ``model`` against the unpruned one on the
-            target backend and returns the speed-up (unpruned latency / pruned latency).
+            target backend and returns the speed-up (unpruned latency / pruned latency), or a
+            :class:`SpeedupMeasurement` of repeated timings, which reaches the target when the
+            target lies within its confidence interval.
         calibration: images ``[N, 3, H, W]`` (16-32 are enough). With them, the average of every
             removed channel is folded into the layers that read it (mean compensation), and the
             ``energy`` importance can be used. Without them, channels are simply cut.
@@ -230,8 +233,11 @@ def prune_model(
         reached = ratio * (step + 1) / steps
         macs, params = count_macs_params(model, example_inputs)
         record = {"step": step + 1, "channel_ratio": reached, "macs": macs, "params": params}
+        reached_target = False
         if config.target_speedup is not None:
-            record["speedup"] = float(measure_speedup(model))
+            measurement = as_measurement(measure_speedup(model))
+            record.update(measurement.to_dict())
+            reached_target = measurement.reaches(config.target_speedup)
             model.eval()
         history.append(record)
         LOGGER.info("pruning step %d/%d: channel ratio %.2f, MACs %.1f%%, params %.1f%%%s",
@@ -244,7 +250,7 @@ def prune_model(
             break
         if config.params_fraction is not None and params <= config.params_fraction * params_before:
             break
-        if config.target_speedup is not None and record["speedup"] >= config.target_speedup:
+        if reached_target:
             break
     else:
         if config.channel_ratio is None and config.layer_ratios is None:
@@ -267,7 +273,7 @@ def prune_to_speedup(
     build: Callable[[], nn.Module],
     config: PruneConfig,
     example_inputs: torch.Tensor,
-    measure_speedup: Callable[[nn.Module], float],
+    measure_speedup: Callable[[nn.Module], float | SpeedupMeasurement],
     loss_fn: Callable[[nn.Module], torch.Tensor] | None = None,
     calibration: torch.Tensor | None = None,
 ) -> tuple[nn.Module, PruneResult]:
@@ -300,16 +306,55 @@ def prune_to_speedup(
             break  # as pruned as the step that reached the target: the points above cannot be less
         if trial.macs_after >= result.history[-2]["macs"] or any(t["macs"] == trial.macs_after for t in trials):
             continue  # the channels of the step that missed, or of a ratio just timed (the rounding absorbed it)
-        speedup = float(measure_speedup(candidate))
+        measurement = as_measurement(measure_speedup(candidate))
         candidate.eval()
         trials.append({"channel_ratio": ratio, "macs": trial.macs_after, "params": trial.params_after,
-                       "speedup": speedup})
+                       **measurement.to_dict()})
         LOGGER.info("refining between ratios %.3f and %.3f: ratio %.3f, MACs %.1f%%, measured speed-up %.2fx",
-                    low, high, ratio, 100 * trial.macs_fraction, speedup)
-        if speedup >= config.target_speedup:
-            return candidate, replace(trial, history=result.history, refinement=trials, measured_speedup=speedup)
+                    low, high, ratio, 100 * trial.macs_fraction, measurement.speedup)
+        if measurement.reaches(config.target_speedup):
+            return candidate, replace(trial, history=result.history, refinement=trials,
+                                      measured_speedup=measurement.speedup)
     result.refinement = trials
     return model, result
+
+
+def conv_channels(model: nn.Module) -> dict[str, int]:
+    """Output channels of every convolution, by module name: the architecture a pruning gives."""
+    return {name: module.out_channels for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
+
+
+def reproducible_prune_config(config: PruneConfig, result: PruneResult) -> dict[str, Any]:
+    """The fixed pruning that gives ``result``'s model again without any timing: a speed-up
+    search's last step is the channel ratio it reached in as many iterative steps."""
+    fixed: dict[str, Any] = {"importance": config.importance, "round_to": config.round_to,
+                             "max_layer_ratio": config.max_layer_ratio, "global_pruning": config.global_pruning}
+    if config.layer_ratios is not None:
+        return {**fixed, "layer_ratios": dict(config.layer_ratios)}
+    if config.channel_ratio is not None:
+        return {**fixed, "channel_ratio": config.channel_ratio, "iterative_steps": config.iterative_steps}
+    return {**fixed, "channel_ratio": result.channel_ratio, "iterative_steps": max(1, result.steps)}
+
+
+def pinned_prune_config(record: dict[str, Any], section: Any) -> PruneConfig:
+    """The :class:`PruneConfig` that a ``pruning.json`` record's ``reproduce`` entry names (or, in a
+    record written before it existed, its uniform ratio and step count).
+
+    Raises:
+        PruningError: a record that does not say how to reproduce it.
+    """
+    fixed = record.get("reproduce")
+    if fixed is None:
+        if record.get("allocation", "uniform") != "uniform" or "channel_ratio" not in record:
+            raise PruningError("this pruning.json does not record how to reproduce its allocation; prune once "
+                               "with this version to write one that does")
+        fixed = {"importance": section.importance, "round_to": section.round_to,
+                 "max_layer_ratio": section.max_layer_ratio, "channel_ratio": record["channel_ratio"],
+                 "iterative_steps": max(1, len(record.get("steps", [])))}
+    try:
+        return PruneConfig(**fixed)
+    except TypeError as exc:
+        raise PruningError(f"pruning.json 'reproduce' is malformed: {exc}") from exc
 
 
 def _track_removed_channels(group: Any, conv_names: dict[nn.Module, str], kept: dict[str, list[int]]) -> None:

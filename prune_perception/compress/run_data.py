@@ -56,6 +56,8 @@ class CompressData:
     validation: list[ValidationSet]
     fidelity_frames: list[np.ndarray]
     calibration: list[np.ndarray]
+    train_label_classes: list[tuple[int, ...] | None]
+    """Per training sample, the student classes its labels box (None: an unlabelled frame)."""
 
 
 def set_classes(labelled: LabelledSet, class_names: Sequence[str], subset: ClassSubset | None) -> tuple[int, ...] | None:
@@ -130,6 +132,7 @@ def load_run_data(config: CompressConfig, spec: InputSpec, class_names: Sequence
     data = config.data
     validation: list[ValidationSet] = []
     training: list[Sample] = []
+    label_classes: list[tuple[int, ...] | None] = []
     labelled_count = 0
     cap = 2 * max(spec.width, spec.height)  # keep memory bounded; augmentation scales further anyway
     for labelled in _sets_of(data):
@@ -153,10 +156,12 @@ def load_run_data(config: CompressConfig, spec: InputSpec, class_names: Sequence
         # label loss takes its boxes but not its unboxed cells as background. A class-agnostic
         # set's boxes carry no class (-1).
         exhaustive = classes is None or (subset is not None and set(classes) >= set(subset.teacher_ids))
+        covered = _student_classes(classes, subset, len(class_names))
         for item in tqdm(train, desc=f"load {labelled.name}", disable=not progress):
             class_ids = np.full(len(item.class_ids), -1, np.int64) if labelled.agnostic else item.class_ids
             sample = Sample(item.read(), item.boxes_xyxy.astype(np.float32), class_ids, True, exhaustive)
             training.append(_bounded(relabel_to_subset(sample, subset), cap))
+            label_classes.append(covered)
         labelled_count += len(train)
     frames = list(tqdm(iter_unlabelled_frames(data.unlabelled, data.unlabelled_max_frames, data.unlabelled_stride,
                                               data.bag_topic), desc="load unlabelled", disable=not progress)
@@ -168,7 +173,9 @@ def load_run_data(config: CompressConfig, spec: InputSpec, class_names: Sequence
     else:
         held_out_frames = min(data.fidelity_frames, len(frames) // 4)
         fidelity_frames = frames[len(frames) - held_out_frames:] if held_out_frames else []
-    training += [_bounded(Sample.unlabelled(frame), cap) for frame in frames[: len(frames) - held_out_frames]]
+    unlabelled = [_bounded(Sample.unlabelled(frame), cap) for frame in frames[: len(frames) - held_out_frames]]
+    training += unlabelled
+    label_classes += [None] * len(unlabelled)
     if not training:
         raise PrunePerceptionError("no training images: set data.sets (or data.labelled) and/or data.unlabelled")
     if config.train.label_weight > 0 and not labelled_count:
@@ -180,7 +187,14 @@ def load_run_data(config: CompressConfig, spec: InputSpec, class_names: Sequence
     LOGGER.info("data: %d training images (%d with labels in the loss), %d fidelity frames; validation: %s",
                 len(training), labelled_count, len(fidelity_frames),
                 "; ".join(v.describe(class_names) for v in validation) or "none")
-    return CompressData(training, validation, fidelity_frames, calibration)
+    return CompressData(training, validation, fidelity_frames, calibration, label_classes)
+
+
+def _student_classes(classes: tuple[int, ...] | None, subset: ClassSubset | None, num_classes: int) -> tuple[int, ...]:
+    """The student class indices of a set's labelled teacher ``classes`` (None: all)."""
+    if subset is None:
+        return tuple(range(num_classes)) if classes is None else tuple(classes)
+    return tuple(i for i, teacher_id in enumerate(subset.teacher_ids) if classes is None or teacher_id in classes)
 
 
 def relabel_to_subset(sample: Sample, subset: ClassSubset | None) -> Sample:
