@@ -38,8 +38,9 @@ import torch
 from prune_perception.compress.config import load_compress_config
 from prune_perception.compress.pipeline import CompressionRun
 from prune_perception.compress.prune import PruneConfig, prune_model
-from prune_perception.compress.train import Trainer, batch_for_step, select_teacher_classes
+from prune_perception.compress.class_subset import select_teacher_classes
 from prune_perception.compress.losses import distillation_loss
+from prune_perception.compress.train import Trainer, batch_for_step
 from prune_perception.data import augment as augment_module
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,15 +32,13 @@ from tqdm import tqdm
 from prune_perception.data.augment import Sample
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.files import atomic_stream, write_json_atomic
+from prune_perception.runtime.class_names import COCO_ALIASES
 from prune_perception.runtime.metadata import InputSpec, ModelMetadata
 from prune_perception.runtime.preprocess import letterbox_geometry
 
 LOGGER = logging.getLogger(__name__)
 CACHE_VERSION = 1
 PART_SIZE = 256
-# The same COCO class under the names different exports give it.
-ALIASES = {"motorbike": "motorcycle", "aeroplane": "airplane", "sofa": "couch", "tvmonitor": "tv",
-           "diningtable": "dining table", "pottedplant": "potted plant"}
 
 
 class DistillTeacherError(PrunePerceptionError):
@@ -48,8 +46,9 @@ class DistillTeacherError(PrunePerceptionError):
 
 
 def _canonical(name: str) -> str:
+    """One spelling per COCO class: the official names as the teacher of record spells them."""
     name = name.strip().lower()
-    return ALIASES.get(name, ALIASES.get(name.replace(" ", ""), name))
+    return COCO_ALIASES.get(name, name)
 
 
 def class_map(teacher_names: Sequence[str], student_names: Sequence[str]) -> dict[int, int]:

@@ -277,10 +277,8 @@ class CompressionRun:
         images = torch.from_numpy(np.concatenate(data.calibration[: section.calibration_images]))
         calibration = images if section.mean_compensation else None
         rounds: list[dict[str, float]] = []
-        pinned_from: str | None = None
         if section.channels_from:
             student, result, prune_config = self.pinned(section.channels_from, loss_fn, calibration)
-            pinned_from = section.channels_from
         elif section.allocation == "latency":
             student = self.unpruned_student()
             prune_config, rounds = self.allocate(student, plan.target, meter, calibration)
@@ -300,7 +298,7 @@ class CompressionRun:
             "channel_ratio": result.channel_ratio, "macs_fraction": result.macs_fraction,
             "params_fraction": result.params_fraction, "steps": result.history, "refinement": result.refinement,
             "measured_speedup": result.measured_speedup, "allocation": section.allocation,
-            "allocation_rounds": rounds, "dropped_blocks": list(self.dropped_blocks), "pinned_from": pinned_from,
+            "allocation_rounds": rounds, "dropped_blocks": list(self.dropped_blocks), "pinned_from": section.channels_from,
             "reproduce": reproducible_prune_config(prune_config, result),
             "channels": conv_channels(student)})
         if section.reconstruct:

@@ -21,8 +21,6 @@ class CandidateBoxes:
 class Decoder(ABC):
     """Turns one image's raw model output into :class:`CandidateBoxes`."""
 
-    family: str = "base"
-
     @abstractmethod
     def num_classes_of(self, output_shape: Sequence[int | str | None]) -> int:
         """The class count an output of ``output_shape`` carries.

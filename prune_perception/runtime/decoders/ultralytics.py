@@ -19,8 +19,6 @@ from prune_perception.runtime.metadata import DecoderSpec, InputSpec, ModelMetad
 
 
 class UltralyticsDecoder(Decoder):
-    family = "ultralytics"
-
     def __init__(self, input_width: int, input_height: int, strides: Sequence[int]) -> None:
         self.strides = tuple(strides)
         self.num_cells = sum((input_height // s) * (input_width // s) for s in self.strides)

@@ -18,8 +18,6 @@ class YoloxDecoder(Decoder):
     Only rows above the score threshold are decoded.
     """
 
-    family = "yolox"
-
     def __init__(self, input_width: int, input_height: int, strides: Sequence[int], decoded_in_graph: bool = False):
         self.decoded_in_graph = decoded_in_graph
         grids, cell_strides = [], []
