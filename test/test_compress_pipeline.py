@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from prune_perception.compress.config import ConfigError, load_compress_config
-from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason
+from prune_perception.optional import modelopt_unavailable_reason
 from prune_perception.export.tensorrt_engine import tensorrt_unavailable_reason
 from prune_perception.runtime.detector import Detector
 

@@ -66,11 +66,8 @@ def test_sensitivity_finds_the_stem_and_the_depthwise_conv_reading_it(int8):
 
 def test_modelopt_qdq_for_tensorrt_runs_in_a_subprocess(exported, int8):
     """NVIDIA ModelOpt's TensorRT-targeted Q/DQ, for real (requirements/modelopt.txt)."""
-    from prune_perception.export.modelopt_int8 import (
-        modelopt_unavailable_reason,
-        quantize_int8_modelopt,
-        reading_convs,
-    )
+    from prune_perception.export.modelopt_int8 import quantize_int8_modelopt, reading_convs
+    from prune_perception.optional import modelopt_unavailable_reason
 
     reason = modelopt_unavailable_reason()
     if reason:

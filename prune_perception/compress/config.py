@@ -154,8 +154,9 @@ class PruneSection:
     """Where target_speedup is measured: onnxruntime (CPU, evaluate.latency_threads) or torch (on ``device``)."""
     latency_search_step: float = 0.05
     latency_refine_points: int = 6
-    """Ratios pruned afresh and timed between the search step that missed the target and the one that
-    overshot it (those the channel rounding maps onto channels already timed are skipped)."""
+    """Uniform target_speedup: ratios pruned afresh and timed between the search step that missed the
+    target and the one that overshot it (those the channel rounding maps onto channels already timed
+    are skipped); the least pruned that reaches it is kept (0: keep the step, however far it overshot)."""
     latency_repeats: int = 5
     """A timing within ``latency_noise_margin`` of the target is repeated this many times in all, and
     the step reaches the target when the target lies within the 95% interval of their mean."""
@@ -164,8 +165,14 @@ class PruneSection:
     """Pin the architecture: prune exactly as the ``pruning.json`` of an earlier run records (its
     ratio or per-layer allocation), check that every layer gets the channels recorded there, and skip
     the speed-up search, so that a team retrains the same model."""
-    """Uniform target_speedup: ratios timed between the step that missed the target and the one that
-    reached it; the least pruned that reaches it is kept (0: keep the step, however far it overshot)."""
+    method: str = "prune_perception"
+    """Who chooses the channels: ``prune_perception`` (this package: importance, compensation, the
+    speed-up search, the refit) or a peer it is measured against, at ``macs_fraction`` and recovered
+    the same way: ``torch_pruning`` (Torch-Pruning's progressive MetaPruner, group L2 magnitude) or
+    ``modelopt_fastnas`` (NVIDIA Model Optimizer's FastNAS search). See :mod:`compress.peers`."""
+    peer_iterative_steps: int = 100
+    """``torch_pruning``: the resolution of its progressive schedule (each step removes 1/N of the
+    channels and re-ranks the rest)."""
     global_pruning: bool = False
     iterative_steps: int = 1
     round_to: int = 8
@@ -197,6 +204,7 @@ class PruneSection:
     """... or these (e.g. backbone.backbone.dark4.1.m.0)."""
 
     def __post_init__(self) -> None:
+        from prune_perception.compress.peers import PRUNE_METHODS
         from prune_perception.compress.sparsity import SPARSITY_MODES
 
         if self.allocation not in ("uniform", "latency"):
@@ -225,6 +233,14 @@ class PruneSection:
             raise ValueError("set ratios, macs_fraction, params_fraction or target_speedup")
         if self.channels_from is not None and len(self.targets()) != 1:
             raise ValueError("channels_from pins one architecture: give one target (one ratio or speed-up)")
+        if self.method not in PRUNE_METHODS:
+            raise ValueError(f"method must be one of {PRUNE_METHODS}, got {self.method!r}")
+        if self.method != "prune_perception" and (not self.macs_fraction or self.channels_from or self.sparsity
+                                                   or self.drop_blocks or self.drop_block_names):
+            raise ValueError(f"method {self.method} prunes to macs_fraction (set it), without channels_from, "
+                             "sparsity or dropped blocks: it is compared with ours at equal MACs")
+        if self.peer_iterative_steps < 1:
+            raise ValueError("peer_iterative_steps must be >= 1")
         if self.latency_repeats < 1 or not 0 <= self.latency_noise_margin < 1:
             raise ValueError("latency_repeats must be >= 1 and latency_noise_margin in [0, 1)")
         for target in self.targets():

@@ -43,6 +43,7 @@ from prune_perception.compress.config import CompressConfig, config_to_dict
 from prune_perception.compress.distill_teacher import DistillTeacher, cached_predictions, with_pseudo_labels
 from prune_perception.compress.input_shape import InputShape, resolve_input_shape
 from prune_perception.compress.ladder import AS_GIVEN, ModelRecord, evaluate_record, file_mb, static_input_hw, time_ladder
+from prune_perception.compress.peers import prune_as_peer
 from prune_perception.compress.prune import (
     PruneConfig,
     conv_channels,
@@ -62,12 +63,13 @@ from prune_perception.data.augment import Sample
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.eval.latency_benchmark import measure_latency
 from prune_perception.export.int8 import quantize_int8_qdq
-from prune_perception.export.modelopt_int8 import modelopt_unavailable_reason, quantize_int8_modelopt
+from prune_perception.export.modelopt_int8 import quantize_int8_modelopt
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from prune_perception.models.pruned_checkpoint import save_pruned_checkpoint
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
 from prune_perception.models.yolox import build_yolox, residual_blocks
+from prune_perception.optional import modelopt_unavailable_reason
 from prune_perception.runtime.backends.torch_backend import load_torch_model
 from prune_perception.runtime.class_names import default_class_names
 from prune_perception.runtime.metadata import InputSpec
@@ -277,6 +279,8 @@ class CompressionRun:
         images = torch.from_numpy(np.concatenate(data.calibration[: section.calibration_images]))
         calibration = images if section.mean_compensation else None
         rounds: list[dict[str, float]] = []
+        if section.method != "prune_perception":
+            return self.prune_as_peer(folder, images)
         if section.channels_from:
             student, result, prune_config = self.pinned(section.channels_from, loss_fn, calibration)
         elif section.allocation == "latency":
@@ -308,6 +312,19 @@ class CompressionRun:
                 "mean_relative_error_after": fit.mean_error_after, "relative_error_before": fit.relative_error_before,
                 "relative_error_after": fit.relative_error_after})
         save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs(student))
+        return student
+
+    def prune_as_peer(self, folder: Path, calibration: torch.Tensor) -> nn.Module:
+        """A peer's student (``prune.method``) at ``prune.macs_fraction``: no compensation, no refit,
+        only the peer's own choice of channels; recovered, exported and timed as ours are."""
+        section = self.config.prune
+        student, result = prune_as_peer(section.method, self.unpruned_student(), self.example, section.macs_fraction,
+                                        calibration, folder / "fastnas_search.pth", section.round_to,
+                                        section.max_layer_ratio, section.peer_iterative_steps)
+        LOGGER.info("pruned by %s: MACs %.1f%%, params %.1f%% of the teacher", section.method,
+                    100 * result.macs_fraction, 100 * result.params_fraction)
+        write_json_atomic(folder / "pruning.json", {**result.to_dict(), "channels": conv_channels(student)})
+        save_pruned_checkpoint(folder / "pruned.pt", student, FACTORY, self._factory_kwargs(student))
         return student
 
     def pinned(self, path: str, loss_fn: Callable | None, calibration: torch.Tensor | None
@@ -562,7 +579,9 @@ class CompressionRun:
             macs, params = count_macs_params(load_torch_model(folder / "pruned.pt"), self.example)
             fixed = self.config.prune.channel_ratio_of(plan.target) if not plan.sparsity else None
             ratio = fixed if fixed is not None else _searched_ratio(folder / "pruning.json")
-            refit = ", least-squares refitted" if self.config.prune.reconstruct and not plan.sparsity else ""
+            section = self.config.prune
+            refit = (f", pruned by {section.method}" if section.method != "prune_perception" else
+                     ", least-squares refitted" if section.reconstruct and not plan.sparsity else "")
             common = {"channel_ratio": ratio, "params": params, "macs": macs, "input_hw": hw}
             records.append(ModelRecord(f"{plan.label} pruned", "pruned", str(pruned), file_mb=file_mb(pruned),
                                        previous=reference, **common,

@@ -102,11 +102,25 @@ class PruneConfig:
 
 
 @dataclass
-class PruneResult:
+class PrunedSize:
+    """A pruned model's MACs and parameters against the model it was pruned from."""
+
     macs_before: int
     macs_after: int
     params_before: int
     params_after: int
+
+    @property
+    def macs_fraction(self) -> float:
+        return self.macs_after / self.macs_before
+
+    @property
+    def params_fraction(self) -> float:
+        return self.params_after / self.params_before
+
+
+@dataclass
+class PruneResult(PrunedSize):
     steps: int
     channel_ratio: float
     """The per-layer (or global) channel ratio the pruner reached."""
@@ -118,14 +132,6 @@ class PruneResult:
     """For a speed-up target: the ratios :func:`prune_to_speedup` tried between the last two steps."""
     measured_speedup: float | None = None
     """For a speed-up target: the measured speed-up of the model returned."""
-
-    @property
-    def macs_fraction(self) -> float:
-        return self.macs_after / self.macs_before
-
-    @property
-    def params_fraction(self) -> float:
-        return self.params_after / self.params_before
 
 
 def make_importance(name: str, statistics: ChannelStatistics | None = None) -> Any:

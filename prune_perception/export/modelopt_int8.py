@@ -39,11 +39,11 @@ import numpy as np
 
 from prune_perception.errors import PrunePerceptionError
 from prune_perception.files import atomic_output
+from prune_perception.optional import modelopt_unavailable_reason
 from prune_perception.runtime.metadata import write_sidecar
 
 LOGGER = logging.getLogger(__name__)
 MODELOPT_CALIBRATION_METHODS = ("entropy", "max")
-INSTALL_HINT = "pip install -c requirements/constraints.txt -r requirements/modelopt.txt"
 
 
 @dataclass(frozen=True)
@@ -59,14 +59,6 @@ class ModelOptResult:
     """Worst per-image cosine of the detection scores (objectness x class)."""
     validation_images: int
     seconds: float
-
-
-def modelopt_unavailable_reason() -> str | None:
-    """Why ModelOpt's ONNX quantizer cannot run here, or None. Looks without importing it."""
-    missing = [name for name in ("modelopt", "onnx_graphsurgeon") if importlib.util.find_spec(name) is None]
-    if missing:
-        return f"{' and '.join(missing)} not installed ({INSTALL_HINT})"
-    return None
 
 
 def quantize_int8_modelopt(
