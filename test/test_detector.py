@@ -54,7 +54,7 @@ def test_timings_and_detection_fields(yolox_detector, dashcam_frames):
     assert len(detections) > 0
     assert np.all(np.diff(detections.scores) <= 0)  # sorted by score
     first = next(iter(detections))
-    assert first.class_name == yolox_detector.metadata.class_names[first.class_id]
+    assert first.class_name == yolox_detector.metadata.class_names[first.class_index]
 
 
 def test_all_pixel_formats_give_the_same_detections(yolox_detector, dashcam_frames):

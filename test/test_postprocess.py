@@ -101,3 +101,16 @@ def test_class_count_mismatch_is_a_clear_error():
     geometry = letterbox_geometry(64, 64, InputSpec(width=64, height=64))
     with pytest.raises(InferenceError, match="3 classes but the metadata names 2"):
         postprocess(empty_output(decoder), decoder, geometry, NAMES[:2], 0.3, 0.45, 10)
+
+
+def test_a_specialized_model_s_detections_carry_the_published_id():
+    """A student keeping person, car and truck of a COCO teacher: iterating its detections gives
+    the teacher's ids (what the node publishes), and the model's own index beside them."""
+    from prune_perception.runtime.postprocess import Detections
+
+    detections = Detections(np.array([[0, 0, 10, 10], [5, 5, 20, 20]], np.float32), np.array([0.9, 0.8], np.float32),
+                            np.array([2, 1], np.int64), ("person", "car", "truck"), np.array([0, 2, 7], np.int64))
+    assert [(d.class_id, d.class_name, d.class_index) for d in detections] == [(7, "truck", 2), (2, "car", 1)]
+    assert list(detections.published_ids()) == [7, 2]
+    unspecialized = Detections(detections.boxes_xyxy, detections.scores, detections.class_ids, ("a", "b", "c"))
+    assert [(d.class_id, d.class_index) for d in unspecialized] == [(2, 2), (1, 1)]

@@ -130,7 +130,7 @@ class Detector:
             classes = self.decoder.num_classes_of(output_shape)
         except InferenceError as exc:
             raise ModelMetadataError(f"{self.model_path.name}: {exc}") from exc
-        if classes != self.metadata.num_classes:
+        if classes is not None and classes != self.metadata.num_classes:
             raise ModelMetadataError(
                 f"{self.model_path.name} outputs {classes} classes but its metadata names {self.metadata.num_classes}"
             )

@@ -43,7 +43,7 @@ FORMAT_VERSION = 1
 LAYOUTS = ("NCHW", "NHWC")
 CHANNEL_ORDERS = ("BGR", "RGB")
 LETTERBOX_ALIGNS = ("top_left", "center")
-DECODERS = ("yolox", "ultralytics")
+DECODERS = ("yolox", "ultralytics", "end_to_end")
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,9 @@ class DecoderSpec:
 
     ``ultralytics`` (YOLOv8 / YOLO11 detect): output ``[1, 4 + C, N]`` (or ``[1, N, 4 + C]``),
     cx, cy, w, h in input pixels and C class scores after a sigmoid, no objectness.
+
+    ``end_to_end`` (NMS in the graph: YOLOv10, YOLO26, ``nms=True`` exports): output ``[1, K, 6]``,
+    x1, y1, x2, y2 in input pixels, score, class index; thresholded and capped, not suppressed again.
     """
 
     type: str = "yolox"
@@ -276,6 +279,7 @@ def default_yolox_metadata(
     input_name: str | None = None,
     output_name: str | None = None,
     layout: str = "NCHW",
+    decoder: str = "yolox",
 ) -> ModelMetadata:
     """Metadata for a model that has no sidecar: the YOLOX conventions.
 
@@ -286,7 +290,12 @@ def default_yolox_metadata(
 
     return ModelMetadata(
         input=InputSpec(width=input_width, height=input_height, name=input_name, layout=layout),
-        decoder=DecoderSpec(output_name=output_name),
+        decoder=DecoderSpec(type=decoder, output_name=output_name),
         class_names=default_class_names(num_classes),
         source="defaults",
     )
+
+
+def grid_cells(width: int, height: int, strides: tuple[int, ...]) -> int:
+    """The grid cells a dense detector's output has over ``strides`` at a ``width`` x ``height`` input."""
+    return sum((height // stride) * (width // stride) for stride in strides)

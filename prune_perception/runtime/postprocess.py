@@ -22,7 +22,11 @@ class Detection(NamedTuple):
     """(x1, y1, x2, y2) in original-image pixels."""
     score: float
     class_id: int
+    """The id the node publishes: for a class-specialized student, the class's id in the model it
+    was specialized from (its teacher), so that a student and its teacher mean the same by 2."""
     class_name: str
+    class_index: int
+    """The class's index in this model's own outputs (what ``class_id`` is for an unspecialized model)."""
 
 
 @dataclass(frozen=True)
@@ -51,8 +55,10 @@ class Detections:
         return len(self.scores)
 
     def __iter__(self) -> Iterator[Detection]:
-        for box, score, class_id in zip(self.boxes_xyxy.tolist(), self.scores.tolist(), self.class_ids.tolist()):
-            yield Detection(tuple(box), score, class_id, self.class_names[class_id])
+        published = self.published_ids().tolist()
+        for box, score, index, class_id in zip(self.boxes_xyxy.tolist(), self.scores.tolist(), self.class_ids.tolist(),
+                                               published):
+            yield Detection(tuple(box), score, class_id, self.class_names[index], index)
 
     def label(self, index: int) -> str:
         return self.class_names[int(self.class_ids[index])]
@@ -86,10 +92,14 @@ def postprocess(
 ) -> Detections:
     """Decode, threshold, NMS, and map the boxes back to the original image."""
     classes = decoder.num_classes_of(raw.shape)
-    if classes != len(class_names):
+    if classes is not None and classes != len(class_names):
         raise InferenceError(f"model output has {classes} classes but the metadata names {len(class_names)}")
     candidates = decoder.candidates(raw, score_threshold)
-    keep = class_aware_nms(candidates.boxes_xyxy, candidates.scores, candidates.class_ids, nms_threshold, max_detections)
+    if decoder.nms_in_graph:
+        keep = np.argsort(-candidates.scores, kind="stable")[:max_detections]
+    else:
+        keep = class_aware_nms(candidates.boxes_xyxy, candidates.scores, candidates.class_ids, nms_threshold,
+                               max_detections)
     if len(keep) == 0:
         return Detections.empty(class_names, source_ids)
     return Detections(

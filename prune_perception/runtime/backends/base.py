@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -10,8 +11,9 @@ import numpy as np
 
 from prune_perception.errors import BackendUnavailableError, ModelLoadError, ModelMetadataError
 from prune_perception.runtime.decoders.ultralytics import is_ultralytics_export, ultralytics_metadata
-from prune_perception.runtime.metadata import ModelMetadata, default_yolox_metadata
+from prune_perception.runtime.metadata import ModelMetadata, default_yolox_metadata, grid_cells
 
+LOGGER = logging.getLogger(__name__)
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda)(?::(\d+))?$")
 
 
@@ -71,20 +73,29 @@ class InferenceBackend(ABC):
         enough (an Ultralytics export names its classes, input size and strides), else from its
         declared I/O shapes with the YOLOX defaults."""
         properties = self.model_properties()
-        if is_ultralytics_export(properties):
-            return ultralytics_metadata(properties, self.input_shape())
         input_shape, output_shape = self.input_shape(), self.output_shape()
+        if is_ultralytics_export(properties):
+            return ultralytics_metadata(properties, input_shape, output_shape)
         if input_shape is None or len(input_shape) != 4 or output_shape is None or len(output_shape) != 3:
             raise ModelMetadataError(
                 f"{self.model_path} has no metadata sidecar ({self.model_path.name}.json) and its input/output "
-                "shapes are not static, so the input size and class count cannot be inferred; write a sidecar"
+                f"shapes are not static (input {_shape(input_shape)}, output {_shape(output_shape)}), so the input "
+                f"size and class count cannot be inferred (metadata keys: {sorted(properties) or 'none'}); write a sidecar"
             )
         nhwc = input_shape[3] == 3 and input_shape[1] != 3
         height, width = (input_shape[1], input_shape[2]) if nhwc else (input_shape[2], input_shape[3])
-        return default_yolox_metadata(
-            input_width=width, input_height=height, num_classes=output_shape[2] - 5,
-            layout="NHWC" if nhwc else "NCHW",
-        )
+        layout = "NHWC" if nhwc else "NCHW"
+        if output_shape[2] == 6 and output_shape[1] != grid_cells(width, height, (8, 16, 32)):
+            LOGGER.warning("%s has no metadata and no sidecar: its output %s is read, by its layout alone, as "
+                           "end-to-end detections (x1, y1, x2, y2, score, class) with COCO's 80 class names; "
+                           "write a sidecar if it is not", self.model_path.name, _shape(output_shape))
+            return default_yolox_metadata(width, height, 80, layout=layout, decoder="end_to_end")
+        return default_yolox_metadata(input_width=width, input_height=height, num_classes=output_shape[2] - 5,
+                                      layout=layout)
 
     def close(self) -> None:
         """Release runtime resources. Safe to call twice."""
+
+
+def _shape(shape: tuple | None) -> str:
+    return "unknown" if shape is None else str(list(shape))

@@ -21,9 +21,12 @@ class CandidateBoxes:
 class Decoder(ABC):
     """Turns one image's raw model output into :class:`CandidateBoxes`."""
 
+    nms_in_graph = False
+    """True where the model's own graph ran NMS: its boxes are thresholded and capped, not suppressed again."""
+
     @abstractmethod
-    def num_classes_of(self, output_shape: Sequence[int | str | None]) -> int:
-        """The class count an output of ``output_shape`` carries.
+    def num_classes_of(self, output_shape: Sequence[int | str | None]) -> int | None:
+        """The class count an output of ``output_shape`` carries (None: the layout does not say).
 
         Raises:
             InferenceError: the shape is not this family's layout.

@@ -15,13 +15,13 @@ import numpy as np
 
 from prune_perception.errors import InferenceError, ModelMetadataError
 from prune_perception.runtime.decoders.base import CandidateBoxes, Decoder
-from prune_perception.runtime.metadata import DecoderSpec, InputSpec, ModelMetadata
+from prune_perception.runtime.metadata import DecoderSpec, InputSpec, ModelMetadata, grid_cells
 
 
 class UltralyticsDecoder(Decoder):
     def __init__(self, input_width: int, input_height: int, strides: Sequence[int]) -> None:
         self.strides = tuple(strides)
-        self.num_cells = sum((input_height // s) * (input_width // s) for s in self.strides)
+        self.num_cells = grid_cells(input_width, input_height, self.strides)
 
     def _rows_last(self, output_shape: Sequence[int | str | None]) -> bool:
         """True for ``[.., 4 + C, N]`` (cells on the last axis), False for ``[.., N, 4 + C]``."""
@@ -60,11 +60,14 @@ def is_ultralytics_export(properties: dict[str, str]) -> bool:
         and "names" in properties
 
 
-def ultralytics_metadata(properties: dict[str, str], input_shape: Sequence[int | str | None] | None) -> ModelMetadata:
+def ultralytics_metadata(properties: dict[str, str], input_shape: Sequence[int | str | None] | None,
+                         output_shape: Sequence[int | str | None] | None = None) -> ModelMetadata:
     """The metadata of an Ultralytics detect export, from what it writes into ``metadata_props``:
     ``names`` (a Python dict literal of index -> name), ``imgsz`` ([h, w]) and ``stride``
     (the largest; the levels are 8/16/32). Preprocessing is Ultralytics': RGB scaled to 0..1,
-    letterboxed centred, padded with 114.
+    letterboxed centred, padded with 114. An end-to-end export (YOLOv10, YOLO26, ``nms=True``:
+    ``end2end`` in its metadata, or an output ``[1, K, 6]`` that is not the grid) gets the
+    ``end_to_end`` decoder.
 
     Raises:
         ModelMetadataError: the properties contradict each other or the model's input.
@@ -89,10 +92,13 @@ def ultralytics_metadata(properties: dict[str, str], input_shape: Sequence[int |
         raise ModelMetadataError(f"Ultralytics metadata: cannot tell the input size (imgsz {properties.get('imgsz')!r}, "
                                  f"input shape {list(input_shape or [])})")
     strides = tuple(s for s in (8, 16, 32, 64) if s <= largest_stride)
+    rows = list(output_shape or [])[-2:]
+    end_to_end = properties.get("end2end", "False") == "True" or (
+        len(rows) == 2 and rows[1] == 6 and grid_cells(int(size[1]), int(size[0]), strides) not in rows)
     return ModelMetadata(
         input=InputSpec(width=int(size[1]), height=int(size[0]), channel_order="RGB", pixel_scale=1 / 255,
                         pad_value=114, letterbox_align="center"),
-        decoder=DecoderSpec(type="ultralytics", strides=strides),
+        decoder=DecoderSpec(type="end_to_end" if end_to_end else "ultralytics", strides=strides),
         class_names=tuple(str(names[i]) for i in range(len(names))),
         source="file",
     )
