@@ -8,9 +8,8 @@ import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from prune_perception.bags.frame_sources import iter_bag_frames, iter_unlabelled_frames
 from prune_perception.data.datasets import (
-    iter_bag_frames,
-    iter_unlabelled_frames,
     load_coco_json,
     load_yolo_dataset,
     split_dataset,

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from prune_perception.compress.config import load_compress_config
-from prune_perception.data.datasets import iter_unlabelled_frames, load_labelled_source, split_by_name
+from prune_perception.bags.frame_sources import iter_unlabelled_frames
+from prune_perception.data.datasets import load_labelled_source, split_by_name
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -1,5 +1,12 @@
-"""The package's layers import only downward: runtime -> eval, export, compress -> ros, mission, cli.
-Read from the source (every import, lazy ones included), so a new upward import fails here."""
+"""The package's layers import only downward, in this order (a layer may import its own and any
+below it):
+
+    errors, files, stamps, optional          (base)
+    models -> runtime -> data -> sim -> bags -> eval, export -> compress -> ros, mission, cli
+
+``sim`` is a data source (synthetic scenes with exact ground truth), which the bag writer records;
+``compress`` trains, so the sample teacher lives there. Read from the source (every import, lazy
+ones included), so a new upward import fails here."""
 
 from __future__ import annotations
 
@@ -7,7 +14,10 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "prune_perception"
-BASE = {"errors", "files", "stamps"}
+BASE = {"errors", "files", "stamps", "optional"}
+ORDER = [BASE, {"models"}, {"runtime"}, {"data"}, {"sim"}, {"bags"}, {"eval", "export"}, {"compress"},
+         {"ros", "mission", "cli"}]
+RANK = {layer: rank for rank, layers in enumerate(ORDER) for layer in layers}
 ALLOWED = {
     "models": BASE,
     "runtime": BASE | {"models"},  # models: the pruned-model file format the torch backend reads
@@ -28,6 +38,21 @@ def imports_of(path: Path) -> set[str]:
 def layer_of(path: Path) -> str:
     parts = path.relative_to(PACKAGE).parts
     return parts[0] if len(parts) > 1 else parts[0].removesuffix(".py")
+
+
+def test_every_layer_imports_only_its_own_and_those_below():
+    upward = []
+    for path in PACKAGE.rglob("*.py"):
+        layer = layer_of(path)
+        if layer == "__init__":
+            continue
+        assert layer in RANK, f"{path.relative_to(PACKAGE)}: layer {layer!r} is not in the order: place it"
+        for name in imports_of(path):
+            if name.startswith("prune_perception."):
+                target = name.split(".")[1]
+                if RANK.get(target, len(ORDER)) > RANK[layer]:
+                    upward.append(f"{path.relative_to(PACKAGE)} imports {name}")
+    assert upward == []
 
 
 def test_the_runtime_imports_nothing_above_it():

@@ -145,7 +145,7 @@ def cmd_build_engine(args: argparse.Namespace) -> int:
     """TensorRT engines: for one ONNX (``--onnx``), or for every model of a compress run (``--config``)."""
     if args.onnx is None:
         return cmd_stage(args)
-    from prune_perception.data.datasets import iter_unlabelled_frames
+    from prune_perception.bags.frame_sources import iter_unlabelled_frames
     from prune_perception.export.tensorrt_engine import EngineBuildConfig, build_engine, tensorrt_unavailable_reason
     from prune_perception.runtime.metadata import load_sidecar
     from prune_perception.runtime.preprocess import Preprocessor
@@ -186,7 +186,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_train_sample(args: argparse.Namespace) -> int:
     """Train the sample teacher on synthetic scenes and print its training report."""
-    from prune_perception.sim.sample_teacher import SampleTeacherConfig, train_sample_teacher
+    from prune_perception.compress.sample_teacher import SampleTeacherConfig, train_sample_teacher
 
     config = SampleTeacherConfig(steps=args.steps, frames_per_seed=args.frames_per_seed, seed=args.seed)
     report = train_sample_teacher(args.output, config, progress=not args.no_progress)

@@ -17,12 +17,12 @@ import numpy as np
 from tqdm import tqdm
 
 from prune_perception.compress.class_subset import ClassSubset, resolve_classes
+from prune_perception.bags.frame_sources import iter_unlabelled_frames
 from prune_perception.compress.config import CompressConfig, DataConfig, LabelledSet
 from prune_perception.data.augment import Sample
 from prune_perception.data.datasets import (
     LabelledImage,
     evenly_spaced,
-    iter_unlabelled_frames,
     load_coco_json,
     load_labelled_source,
     load_yolo_dataset,

@@ -28,14 +28,6 @@ from prune_perception.compress.prune import protected_layers
 from prune_perception.errors import PrunePerceptionError
 
 SPARSITY_MODES = ("unstructured", "2:4")
-SPARSITY_RUNTIME_NOTE = (
-    "Sparse weights keep the dense shapes, so onnxruntime on a CPU (and any dense GPU kernel) runs "
-    "them at the dense speed: the measured speed-up is about 1.0x by construction. 2:4 sparsity pays "
-    "off only in TensorRT on sparse tensor cores (Ampere or newer, built with SPARSE_WEIGHTS), for the "
-    "layers TensorRT times faster as sparse; depthwise layers (most of YOLOX-Nano's) cannot hold the "
-    "pattern and stay dense. Unstructured "
-    "sparsity is not accelerated by any runtime used here."
-)
 
 
 class SparsityError(PrunePerceptionError):

@@ -1,8 +1,8 @@
 """Labelled and unlabelled image sources for evaluation, distillation and fine-tuning.
 
 - Labelled: YOLO txt (``images/*.jpg`` + ``labels/*.txt``) and COCO json.
-- Unlabelled (for distillation): image folders, video files, and image topics of rosbag2 bags
-  (sqlite3 or MCAP, read with ``rosbags``; no ROS installation needed).
+- Unlabelled frames (for distillation) come from :mod:`prune_perception.bags.frame_sources`, which
+  reads bags beside image folders and videos.
 """
 
 from __future__ import annotations
@@ -11,15 +11,14 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
-from prune_perception.data.frame_source import IMAGE_SUFFIXES, FrameSourceError, iter_frames
+from prune_perception.data.frame_source import IMAGE_SUFFIXES, FrameSourceError
 from prune_perception.data.yolo_labels import label_path_for, read_yolo_labels
 
-BAG_SUFFIXES = (".db3", ".mcap")
 
 
 @dataclass(frozen=True)
@@ -119,46 +118,6 @@ def split_dataset(items: Sequence, validation_fraction: float, seed: int = 0) ->
     validation = sorted(order[:count])
     train = sorted(order[count:])
     return [items[i] for i in train], [items[i] for i in validation]
-
-
-def iter_unlabelled_frames(
-    sources: Sequence[str | Path], max_frames_per_source: int = 0, stride: int = 1, topic: str | None = None
-) -> Iterator[np.ndarray]:
-    """BGR frames from image folders, videos and rosbag2 bags (every ``stride``-th frame).
-
-    Args:
-        topic: the bag's image topic; by default the only Image/CompressedImage topic of the bag.
-    """
-    for source in sources:
-        source = Path(source)
-        if _is_bag(source):
-            frames = iter_bag_frames(source, topic)
-        else:
-            frames = iter_frames(source)
-        taken = 0
-        for index, frame in enumerate(frames):
-            if index % stride:
-                continue
-            yield frame
-            taken += 1
-            if max_frames_per_source and taken >= max_frames_per_source:
-                break
-
-
-def _is_bag(path: Path) -> bool:
-    return path.suffix in BAG_SUFFIXES or (path.is_dir() and (path / "metadata.yaml").exists())
-
-
-def iter_bag_frames(bag: str | Path, topic: str | None = None) -> Iterator[np.ndarray]:
-    """BGR frames of one image topic of a rosbag2 bag (folder, ``.db3`` or ``.mcap``).
-
-    Raises:
-        FrameSourceError: unreadable bag, no such topic, or a topic that is not an image.
-    """
-    from prune_perception.bags.camera_bag import iter_camera_frames
-
-    for frame in iter_camera_frames(bag, topic):
-        yield frame.image
 
 
 def _image_size(path: Path) -> tuple[int, int]:
