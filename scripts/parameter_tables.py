@@ -4,7 +4,7 @@
 """
 
 from prune_perception.ros.bag_player_node import BAG_PLAYER_PARAMETERS
-from prune_perception.ros.detector_pipeline import DETECTOR_PARAMETERS
+from prune_perception.ros.detector_parameters import DETECTOR_PARAMETERS
 from prune_perception.ros.evaluator_node import EVALUATOR_PARAMETERS
 from prune_perception.ros.parameters import markdown_table
 from prune_perception.ros.sim_camera_node import SIM_CAMERA_PARAMETERS

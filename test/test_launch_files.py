@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from prune_perception.ros.detector_pipeline import COMPRESSED_IMAGE_TOPIC, DETECTIONS_TOPIC, IMAGE_TOPIC
+from prune_perception.ros.camera_streams import COMPRESSED_IMAGE_TOPIC, DETECTIONS_TOPIC, IMAGE_TOPIC
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH_FILES = sorted((ROOT / "launch").glob("*.launch.py"))

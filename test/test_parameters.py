@@ -9,7 +9,7 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 
 from prune_perception.ros.bag_player_node import BAG_PLAYER_PARAMETERS
-from prune_perception.ros.detector_pipeline import DETECTOR_PARAMETERS
+from prune_perception.ros.detector_parameters import DETECTOR_PARAMETERS
 from prune_perception.ros.evaluator_node import EVALUATOR_PARAMETERS
 from prune_perception.ros.parameters import (
     ParameterValidationError,

@@ -13,7 +13,8 @@ from typing import Any
 
 from rclpy.node import Node
 
-from prune_perception.ros.detector_pipeline import DETECTOR_PARAMETERS, DetectorPipeline, require_model_path
+from prune_perception.ros.detector_parameters import DETECTOR_PARAMETERS, require_model_path
+from prune_perception.ros.detector_pipeline import DetectorPipeline
 from prune_perception.ros.node_main import run_node
 from prune_perception.ros.parameters import declare_parameters
 

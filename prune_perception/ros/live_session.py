@@ -24,7 +24,7 @@ from std_msgs.msg import Float64
 from vision_msgs.msg import Detection2DArray
 
 from prune_perception.errors import PrunePerceptionError
-from prune_perception.ros.detector_pipeline import LATENCY_TOPICS
+from prune_perception.ros.camera_streams import LATENCY_TOPICS
 from prune_perception.ros.node_main import apply_fastdds_large_image_profile
 from prune_perception.stamps import stamp_to_ns
 
