@@ -207,7 +207,7 @@ def main() -> int:
     pixels = sum(sample.image.nbytes for sample in data.train_samples)
     print(f"data: {len(data.train_samples)} training images decoded once in {time.perf_counter() - started:.0f} s; "
           f"their pixels {pixels / 2**20:.0f} MiB; peak RSS {before:.0f} -> {rss_mb():.0f} MiB")
-    student = run.unpruned_student()
+    student = run.pruner.unpruned_student()
     hw = run.shape.hw
     prune_model(student, PruneConfig(channel_ratio=0.2), torch.zeros(1, 3, *hw))
     print(f"student: the recipe's classes, 20% of the channels pruned uniformly, input {hw[0]}x{hw[1]}, "

@@ -14,6 +14,7 @@ Output layout::
     <output_dir>/ratio_0.30/student_int8.onnx
     <output_dir>/report.md, report.json, pareto.png, training_curves.png
 
+The prune stage lives in :mod:`prune_stage`, the report's ladder of models in :mod:`ladder`.
 A stage whose artifact already exists is not run again, and training resumes from its
 checkpoint, so an interrupted run continues where it stopped. Every artifact is written
 atomically.
@@ -25,59 +26,40 @@ import copy
 import dataclasses
 import json
 import logging
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
 from torch import nn
 
-from prune_perception.compress.allocation import Allocation, LayerLatencyTable, allocate_to_target, conv_shapes
 from prune_perception.compress.batchnorm import reparameterize_batchnorm
-from prune_perception.compress.block_removal import rank_blocks, remove_blocks
-from prune_perception.compress.class_subset import ClassSubset, resolve_classes, specialize_head
+from prune_perception.compress.class_subset import ClassSubset, resolve_classes
 from prune_perception.compress.config import CompressConfig, config_to_dict
 from prune_perception.compress.distill_teacher import DistillTeacher, cached_predictions, with_pseudo_labels
 from prune_perception.compress.input_shape import InputShape, resolve_input_shape
-from prune_perception.compress.ladder import AS_GIVEN, ModelRecord, evaluate_record, file_mb, static_input_hw, time_ladder
-from prune_perception.compress.peers import prune_as_peer
-from prune_perception.compress.prune import (
-    PruneConfig,
-    conv_channels,
-    count_macs_params,
-    pinned_prune_config,
-    prune_model,
-    prune_to_speedup,
-    reproducible_prune_config,
-)
-from prune_perception.compress.reconstruct import reconstruct_pruned
+from prune_perception.compress.ladder import collect_records, evaluate_record, time_ladder
+from prune_perception.compress.prune_stage import StudentPruner
 from prune_perception.compress.run_data import CompressData, check_sources, load_run_data
-from prune_perception.compress.sensitivity import SensitivityScan, scan_sensitivity
-from prune_perception.compress.speedup_measurement import repeat_close_calls
-from prune_perception.compress.sparsity import SparsityMasks, sparsify
+from prune_perception.compress.sparsity import SparsityMasks
 from prune_perception.compress.train import Trainer
 from prune_perception.data.augment import Sample
 from prune_perception.errors import PrunePerceptionError
-from prune_perception.eval.latency_benchmark import measure_latency
 from prune_perception.export.int8 import quantize_int8_qdq
 from prune_perception.export.modelopt_int8 import quantize_int8_modelopt
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import remove_stale_temporaries, write_json_atomic, write_text_atomic
 from prune_perception.models.pruned_checkpoint import save_pruned_checkpoint
 from prune_perception.models.weights import load_official_checkpoint, load_onnx_weights
-from prune_perception.models.yolox import build_yolox, residual_blocks
+from prune_perception.models.yolox import YOLOX_FACTORY, build_yolox, residual_blocks
 from prune_perception.optional import modelopt_unavailable_reason
 from prune_perception.runtime.backends.torch_backend import load_torch_model
 from prune_perception.runtime.class_names import default_class_names
 from prune_perception.runtime.metadata import InputSpec
 
 LOGGER = logging.getLogger(__name__)
-FACTORY = "prune_perception.models.yolox:build_yolox"
-
-
 STAGES = ("prune", "distill", "export", "build-engine", "evaluate")
 """The stages in order; ``compress`` runs them all, each also runs alone (its own subcommand)."""
 
@@ -144,6 +126,7 @@ class CompressionRun:
         self._data: CompressData | None = None
         self._training_samples: list[Sample] | None = None
         self._swept = False
+        self.pruner = StudentPruner(self)
 
     # ----------------------------------------------------------------- inputs, loaded once and on demand
     @property
@@ -239,13 +222,13 @@ class CompressionRun:
                         dynamic_batch=self.config.export.max_batch > 1)
         return path
 
-    def _require(self, path: Path, stage: str) -> Path:
+    def require(self, path: Path, stage: str) -> Path:
         if not path.exists():
             raise PrunePerceptionError(f"{path} is missing: run `prune-perception {stage} --config ...` "
                                        f"(with the same configuration) first")
         return path
 
-    def _factory_kwargs(self, model: nn.Module) -> dict[str, Any]:
+    def factory_kwargs(self, model: nn.Module) -> dict[str, Any]:
         """What rebuilds ``model``'s module tree before its pruned state loads: the variant, and the
         residual blocks it no longer has."""
         kwargs: dict[str, Any] = {"variant": self.config.teacher.variant, "num_classes": self.config.teacher.num_classes}
@@ -264,197 +247,8 @@ class CompressionRun:
             LOGGER.info("teacher at the camera shape: %s (what the students are measured against)", self.teacher_onnx)
         for plan in self.plans():
             folder = self.output_dir / plan.label
-            student = self.make_sparse(plan, folder) if plan.sparsity else self.prune(plan, folder)
+            student = self.pruner.make_sparse(plan, folder) if plan.sparsity else self.pruner.prune(plan, folder)
             self.export(student, folder / "pruned.onnx")
-
-    def prune(self, plan: StudentPlan, folder: Path) -> nn.Module:
-        path = folder / "pruned.pt"
-        if path.exists():
-            return load_torch_model(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        teacher, data = self.teacher, self.data
-        section = self.config.prune
-        loss_fn = self._taylor_loss(teacher, data) if section.importance == "taylor" else None
-        meter = self._speedup_meter(folder) if section.target_speedup is not None else None
-        images = torch.from_numpy(np.concatenate(data.calibration[: section.calibration_images]))
-        calibration = images if section.mean_compensation else None
-        rounds: list[dict[str, float]] = []
-        if section.method != "prune_perception":
-            return self.prune_as_peer(folder, images)
-        if section.channels_from:
-            student, result, prune_config = self.pinned(section.channels_from, loss_fn, calibration)
-        elif section.allocation == "latency":
-            student = self.unpruned_student()
-            prune_config, rounds = self.allocate(student, plan.target, meter, calibration)
-            result = prune_model(student, prune_config, self.example, loss_fn=loss_fn, calibration=calibration)
-            result.history[-1]["speedup"] = result.measured_speedup = rounds[-1]["measured_speedup"]
-        elif meter is not None:
-            prune_config = section.prune_config(plan.target)
-            noisy = repeat_close_calls(meter, plan.target, section.latency_noise_margin, section.latency_repeats)
-            student, result = prune_to_speedup(self.unpruned_student, prune_config, self.example, noisy,
-                                               loss_fn=loss_fn, calibration=calibration)
-        else:
-            prune_config = section.prune_config(plan.target)
-            student = self.unpruned_student()
-            result = prune_model(student, prune_config, self.example, loss_fn=loss_fn, calibration=calibration)
-        LOGGER.info("pruned: MACs %.1f%%, params %.1f%% of the teacher", 100 * result.macs_fraction, 100 * result.params_fraction)
-        write_json_atomic(folder / "pruning.json", {
-            "channel_ratio": result.channel_ratio, "macs_fraction": result.macs_fraction,
-            "params_fraction": result.params_fraction, "steps": result.history, "refinement": result.refinement,
-            "measured_speedup": result.measured_speedup, "allocation": section.allocation,
-            "allocation_rounds": rounds, "dropped_blocks": list(self.dropped_blocks), "pinned_from": section.channels_from,
-            "reproduce": reproducible_prune_config(prune_config, result),
-            "channels": conv_channels(student)})
-        if section.reconstruct:
-            fit = reconstruct_pruned(student, teacher, result.kept_output_channels, images, seed=self.config.seed)
-            write_json_atomic(folder / "reconstruction.json", {
-                "layers": fit.layers, "mean_relative_error_before": fit.mean_error_before,
-                "mean_relative_error_after": fit.mean_error_after, "relative_error_before": fit.relative_error_before,
-                "relative_error_after": fit.relative_error_after})
-        save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs(student))
-        return student
-
-    def prune_as_peer(self, folder: Path, calibration: torch.Tensor) -> nn.Module:
-        """A peer's student (``prune.method``) at ``prune.macs_fraction``: no compensation, no refit,
-        only the peer's own choice of channels; recovered, exported and timed as ours are."""
-        section = self.config.prune
-        student, result = prune_as_peer(section.method, self.unpruned_student(), self.example, section.macs_fraction,
-                                        calibration, folder / "fastnas_search.pth", section.round_to,
-                                        section.max_layer_ratio, section.peer_iterative_steps)
-        LOGGER.info("pruned by %s: MACs %.1f%%, params %.1f%% of the teacher", section.method,
-                    100 * result.macs_fraction, 100 * result.params_fraction)
-        write_json_atomic(folder / "pruning.json", {**result.to_dict(), "channels": conv_channels(student)})
-        save_pruned_checkpoint(folder / "pruned.pt", student, FACTORY, self._factory_kwargs(student))
-        return student
-
-    def pinned(self, path: str, loss_fn: Callable | None, calibration: torch.Tensor | None
-               ) -> tuple[nn.Module, Any, PruneConfig]:
-        """The student an earlier run's ``pruning.json`` records, pruned again the same way; its
-        channels are checked layer by layer against the record."""
-        try:
-            record = json.loads(Path(path).read_text())
-            channels = record["channels"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise PrunePerceptionError(f"prune.channels_from: {path} is not a pruning.json ({exc})") from exc
-        if list(record.get("dropped_blocks", [])) != list(self.dropped_blocks):
-            raise PrunePerceptionError(f"prune.channels_from: {path} dropped blocks {record.get('dropped_blocks')}, "
-                                       f"this run drops {list(self.dropped_blocks)}: set prune.drop_block_names to match")
-        prune_config = pinned_prune_config(record, self.config.prune)
-        student = self.unpruned_student()
-        result = prune_model(student, prune_config, self.example, loss_fn=loss_fn, calibration=calibration)
-        got = conv_channels(student)
-        differ = [name for name in sorted(set(channels) | set(got)) if channels.get(name) != got.get(name)]
-        if differ:
-            raise PrunePerceptionError(
-                f"prune.channels_from: pruning as {path} records gives other channels in {len(differ)} layers "
-                f"(first: {differ[0]}: {got.get(differ[0])} against {channels.get(differ[0])} recorded); the teacher, "
-                "classes, calibration data or importance differ from that run's")
-        LOGGER.info("pinned architecture from %s: the same channels in all %d convolutions", path, len(got))
-        return student, result, prune_config
-
-    def unpruned_student(self) -> nn.Module:
-        """The teacher's weights in the students' shape before any channel is cut: the kept classes
-        only, and the residual blocks ``prune.drop_blocks`` removes, removed."""
-        student = build_yolox(self.config.teacher.variant, self.config.teacher.num_classes)
-        student.load_state_dict(self.teacher.state_dict())
-        if self.subset is not None:
-            specialize_head(student, self.subset)
-        return remove_blocks(student, self.dropped_blocks) if self.dropped_blocks else student
-
-    @property
-    def dropped_blocks(self) -> list[str]:
-        """The residual blocks every student loses: named, or the gentlest ``drop_blocks`` by measured
-        output damage on calibration images (ranked once per run: ``blocks.json``)."""
-        section = self.config.prune
-        if section.drop_block_names or not section.drop_blocks:
-            return list(section.drop_block_names)
-        path = self.output_dir / "blocks.json"
-        if not path.exists():
-            model = build_yolox(self.config.teacher.variant, self.config.teacher.num_classes)
-            model.load_state_dict(self.teacher.state_dict())
-            images = torch.from_numpy(np.concatenate(self.data.calibration[: section.sensitivity_images]))
-            ranked = rank_blocks(model, images)
-            write_json_atomic(path, {"ranked": [asdict(block) for block in ranked],
-                                     "dropped": [block.name for block in ranked[: section.drop_blocks]]})
-        return list(json.loads(path.read_text())["dropped"])
-
-    def allocate(self, student: nn.Module, target_speedup: float, meter: Callable[[nn.Module], float],
-                 calibration: torch.Tensor | None) -> tuple[PruneConfig, list[dict[str, float]]]:
-        """Per-group channel counts that reach ``target_speedup`` measured, at the least
-        estimated damage: the sensitivity scan (once per run), the per-layer latency table (cached
-        per backend), then greedy allocation verified by timing the pruned model."""
-        section = self.config.prune
-        scan_path = self.output_dir / "sensitivity.json"
-        if scan_path.exists():
-            scan = SensitivityScan.from_dict(json.loads(scan_path.read_text()))
-        else:
-            images = torch.from_numpy(np.concatenate(self.data.calibration[: section.sensitivity_images]))
-            scan = scan_sensitivity(student, images, section.sensitivity_ratios, section.round_to,
-                                    section.max_layer_ratio, progress=self.progress)
-            write_json_atomic(scan_path, scan.to_dict())
-        table = LayerLatencyTable(self.output_dir / "latency_table.json", threads=self.config.evaluate.latency_threads)
-        channels = {group.root: group.channels for group in scan.groups}
-
-        def config_for(allocation: Allocation) -> PruneConfig:
-            return PruneConfig(importance=section.importance, layer_ratios=allocation.ratios(channels),
-                               round_to=section.round_to, max_layer_ratio=section.max_layer_ratio)
-
-        def measure(allocation: Allocation) -> float:
-            trial = copy.deepcopy(student)
-            prune_model(trial, config_for(allocation), self.example, calibration=calibration)
-            return meter(trial)
-
-        allocation, rounds = allocate_to_target(scan, conv_shapes(student, self.example), table, target_speedup,
-                                                measure, section.round_to)
-        return config_for(allocation), rounds
-
-    def make_sparse(self, plan: StudentPlan, folder: Path) -> nn.Module:
-        path = folder / "pruned.pt"
-        if path.exists():
-            return load_torch_model(path)
-        folder.mkdir(parents=True, exist_ok=True)
-        student = self.unpruned_student()
-        masks = sparsify(student, plan.sparsity, self.config.prune.sparsity_amount)
-        write_json_atomic(folder / "sparsity.json", {"before_training": masks.summary(student)})
-        save_pruned_checkpoint(path, student, FACTORY, self._factory_kwargs(student))
-        return student
-
-    def _speedup_meter(self, folder: Path) -> Callable[[nn.Module], float]:
-        """Times a model being pruned against the teacher on ``prune.latency_backend``, interleaved."""
-        section, evaluate = self.config.prune, self.config.evaluate
-        inputs = self.data.calibration[:4]
-        if section.latency_backend == "onnxruntime":
-            reference, suffix, device = self.teacher_onnx, ".onnx", "cpu"
-        else:
-            reference, suffix, device = self.output_dir / "teacher" / "teacher.pt", ".pt", self.config.device
-            if not reference.exists():
-                save_pruned_checkpoint(reference, self.teacher, FACTORY, self._factory_kwargs(self.teacher))
-
-        def measure(model: nn.Module) -> float:
-            with tempfile.TemporaryDirectory(dir=folder) as scratch:
-                candidate = Path(scratch) / f"candidate{suffix}"
-                if suffix == ".onnx":
-                    export_onnx(model, candidate, self.student_names, self.spec, sample_inputs=inputs[:1])
-                else:
-                    save_pruned_checkpoint(candidate, model, FACTORY, self._factory_kwargs(model))
-                summaries = measure_latency({"teacher": reference, "candidate": candidate}, inputs,
-                                            runs=evaluate.latency_runs, warmup=evaluate.latency_warmup,
-                                            backend=section.latency_backend, device=device,
-                                            intra_op_threads=evaluate.latency_threads)
-            return summaries["teacher"].p50_ms / summaries["candidate"].p50_ms
-
-        return measure
-
-    def _taylor_loss(self, teacher: nn.Module, data: CompressData):
-        batch = torch.from_numpy(np.concatenate(data.calibration[:8]))
-
-        def loss_fn(student: nn.Module) -> torch.Tensor:
-            with torch.no_grad():
-                targets = (teacher(batch)[..., 4:] > 0.3).float()
-            scores = student(batch)[..., 4:].clamp(1e-6, 1 - 1e-6)
-            return nn.functional.binary_cross_entropy(scores, targets)
-
-        return loss_fn
 
     # ----------------------------------------------------------------- stage: distill
     def stage_distill(self) -> None:
@@ -463,7 +257,7 @@ class CompressionRun:
             folder = self.output_dir / plan.label
             if (folder / "student.pt").exists():
                 continue
-            student = load_torch_model(self._require(folder / "pruned.pt", "prune"))
+            student = load_torch_model(self.require(folder / "pruned.pt", "prune"))
             self.recover(student, plan, folder)
 
     def recover(self, student: nn.Module, plan: StudentPlan, folder: Path) -> nn.Module:
@@ -481,7 +275,7 @@ class CompressionRun:
             sparsity = json.loads((folder / "sparsity.json").read_text())
             sparsity["after_training"] = masks.summary(recovered)
             write_json_atomic(folder / "sparsity.json", sparsity)
-        save_pruned_checkpoint(folder / "student.pt", recovered, FACTORY, self._factory_kwargs(recovered))
+        save_pruned_checkpoint(folder / "student.pt", recovered, YOLOX_FACTORY, self.factory_kwargs(recovered))
         return recovered
 
     # ----------------------------------------------------------------- stage: export
@@ -492,7 +286,7 @@ class CompressionRun:
             folder = self.output_dir / plan.label
             student_onnx = folder / "student.onnx"
             if not student_onnx.exists():
-                self.export(load_torch_model(self._require(folder / "student.pt", "distill")), student_onnx)
+                self.export(load_torch_model(self.require(folder / "student.pt", "distill")), student_onnx)
             if export.int8 and not (folder / "int8_result.json").exists():
                 result = quantize_int8_qdq(
                     student_onnx, folder / "student_int8.onnx", self.int8_calibration, method=export.int8_method,
@@ -532,7 +326,7 @@ class CompressionRun:
         export = self.config.export
         notes = []
         sparse = {plan.label for plan in self.plans() if plan.sparsity == "2:4"}
-        for record in self.collect_records()[0]:
+        for record in collect_records(self)[0]:
             if record.kind in ("pruned", "as_given"):
                 continue
             engine = Path(record.onnx).with_suffix(".engine")
@@ -546,85 +340,11 @@ class CompressionRun:
         return notes
 
     # ----------------------------------------------------------------- stage: evaluate
-    def collect_records(self) -> tuple[list[ModelRecord], dict[str, list], list[str], list[str]]:
-        """The models on disk as the report's ladder, and their training histories, INT8 and sparsity notes:
-        the teacher file as given, our export of it, our export at the camera shape, then every student
-        (pruned, recovered, INT8)."""
-        square = self._require(self.output_dir / "teacher" / "teacher.onnx", "prune")
-        hw = f"{self.spec.height}x{self.spec.width}"
-        square_hw = f"{self.square_spec.height}x{self.square_spec.width}"
-        records = []
-        given = self.config.teacher.onnx
-        if given and Path(given).exists():
-            given_hw = static_input_hw(Path(given)) or square_hw
-            records.append(ModelRecord(AS_GIVEN, "as_given", str(given), 0.0, file_mb=file_mb(Path(given)),
-                                       input_hw=given_hw, notes="the file as given, onnxruntime default session"))
-        square_macs, params = count_macs_params(self.teacher, torch.zeros(1, 3, self.square_spec.height,
-                                                                           self.square_spec.width))
-        records.append(ModelRecord("teacher", "teacher", str(square), 0.0, params, square_macs, file_mb(square),
-                                   input_hw=square_hw, previous=records[-1].name if records else None,
-                                   notes="our export, our onnxruntime backend"))
-        macs, _ = count_macs_params(self.teacher, self.example)
-        if self.camera_shaped:
-            camera = self._require(self.output_dir / "teacher" / "teacher_camera.onnx", "prune")
-            records.append(ModelRecord("teacher camera", "teacher_camera", str(camera), 0.0, params, macs, file_mb(camera),
-                                       input_hw=hw, previous="teacher", notes=f"input {self.shape.describe()}"))
-        reference = records[-1].name
-        histories: dict[str, list] = {}
-        int8_notes: list[str] = []
-        sparsity_notes: list[str] = []
-        for plan in self.plans():
-            folder = self.output_dir / plan.label
-            pruned = self._require(folder / "pruned.onnx", "prune")
-            macs, params = count_macs_params(load_torch_model(folder / "pruned.pt"), self.example)
-            fixed = self.config.prune.channel_ratio_of(plan.target) if not plan.sparsity else None
-            ratio = fixed if fixed is not None else _searched_ratio(folder / "pruning.json")
-            section = self.config.prune
-            refit = (f", pruned by {section.method}" if section.method != "prune_perception" else
-                     ", least-squares refitted" if section.reconstruct and not plan.sparsity else "")
-            common = {"channel_ratio": ratio, "params": params, "macs": macs, "input_hw": hw}
-            records.append(ModelRecord(f"{plan.label} pruned", "pruned", str(pruned), file_mb=file_mb(pruned),
-                                       previous=reference, **common,
-                                       notes=("sparse, before training" if plan.sparsity else "before training") + refit
-                                       + _speedup_search_note(folder / "pruning.json", self.config.prune.latency_backend)))
-            student = folder / "student.onnx"
-            if student.exists():
-                records.append(ModelRecord(f"{plan.label} distilled", "distilled", str(student), file_mb=file_mb(student),
-                                           previous=reference, **common))
-                history = folder / "training_history.json"
-                histories[plan.label] = json.loads(history.read_text()) if history.exists() else []
-            if (folder / "int8_result.json").exists():
-                result = json.loads((folder / "int8_result.json").read_text())
-                int8_notes.append(f"{plan.label} (onnxruntime QDQ): {len(result['float_nodes'])}/{result['total_convs']} convs "
-                                  f"kept in float; score cosine {result['score_cosine']:.4f}, output cosine "
-                                  f"{result['output_cosine']:.4f} (on {result['validation_images']} held-out calibration images)")
-                int8 = folder / "student_int8.onnx"
-                records.append(ModelRecord(f"{plan.label} int8", "int8", str(int8), file_mb=file_mb(int8),
-                                           previous=f"{plan.label} distilled", **common))
-            if (folder / "modelopt_result.json").exists():
-                result = json.loads((folder / "modelopt_result.json").read_text())
-                int8_notes.append(f"{plan.label} (ModelOpt Q/DQ for TensorRT, {result['method']} calibration): "
-                                  f"{result['quantized_convs']}/{result['total_convs']} convs quantized; score cosine "
-                                  f"{result['score_cosine']:.4f}, output cosine {result['output_cosine']:.4f}. Its "
-                                  "onnxruntime CPU latency is not TensorRT's")
-                modelopt = folder / "student_int8_modelopt.onnx"
-                records.append(ModelRecord(f"{plan.label} int8 modelopt", "int8_modelopt", str(modelopt),
-                                           file_mb=file_mb(modelopt), previous=f"{plan.label} distilled", **common,
-                                           notes="TensorRT-targeted Q/DQ"))
-            if plan.sparsity and (folder / "sparsity.json").exists():
-                summary = json.loads((folder / "sparsity.json").read_text())
-                latest = summary.get("after_training", summary["before_training"])
-                sparsity_notes.append(
-                    f"{plan.label}: {plan.sparsity} in {latest['sparse_layers']}/{latest['conv_layers']} convs holding "
-                    f"{latest['sparse_weight_share']:.0%} of the conv weights; {latest['zero_fraction_of_conv_weights']:.1%} "
-                    f"of all conv weights are zero{' after training' if 'after_training' in summary else ''}")
-        return records, histories, int8_notes, sparsity_notes
-
     def stage_evaluate(self) -> dict[str, Any]:
         """Accuracy, fidelity and interleaved latency of every model on disk; the report."""
         from prune_perception.eval.compress_report import pruning_sections, write_compress_report
 
-        records, histories, int8_notes, sparsity_notes = self.collect_records()
+        records, histories, int8_notes, sparsity_notes = collect_records(self)
         data = self.data
         for record in records:
             evaluate_record(record, data.validation, data.fidelity_frames, self.teacher_onnx, self.progress)
@@ -670,25 +390,6 @@ class CompressionRun:
         for stage in STAGES[:-1]:
             self.run_stage(stage)
         return self.stage_evaluate()
-
-
-def _searched_ratio(pruning_json: Path) -> float:
-    """The channel ratio a MACs, params or speed-up target ended at (0 for a sparse student)."""
-    return float(json.loads(pruning_json.read_text()).get("channel_ratio", 0.0)) if pruning_json.exists() else 0.0
-
-
-def _speedup_search_note(pruning_json: Path, backend: str) -> str:
-    """For a student pruned to a latency target: what the search measured at its last step."""
-    record = json.loads(pruning_json.read_text()) if pruning_json.exists() else {}
-    steps = record.get("steps", [])
-    if not steps or "speedup" not in steps[-1]:
-        return ""
-    speedup = record.get("measured_speedup") or steps[-1]["speedup"]
-    refined = (f", refined from {steps[-1]['channel_ratio']:.3f} ({steps[-1]['speedup']:.2f}x) by "
-               f"{len(record['refinement'])} ratio(s) timed between the last two steps"
-               if record.get("refinement") and record["channel_ratio"] != steps[-1]["channel_ratio"] else "")
-    return (f"; latency target: {speedup:.2f}x measured on {backend} after {len(steps)} pruning steps "
-            f"(channel ratio {record.get('channel_ratio', steps[-1]['channel_ratio']):.3f}{refined})")
 
 
 def _jsonable(values: dict[str, Any]) -> dict[str, Any]:

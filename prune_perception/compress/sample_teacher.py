@@ -30,7 +30,7 @@ from prune_perception.eval.compress_report import plot_training_curves
 from prune_perception.eval.detector_eval import evaluate_on_dataset
 from prune_perception.export.onnx_export import export_onnx
 from prune_perception.files import atomic_stream, write_json_atomic, write_text_atomic
-from prune_perception.models.yolox import build_yolox
+from prune_perception.models.yolox import YOLOX_FACTORY, build_yolox
 from prune_perception.runtime.metadata import InputSpec
 from prune_perception.runtime.preprocess import Preprocessor
 from prune_perception.sim.datasets import scene_frames, scene_samples, write_yolo_dataset
@@ -84,7 +84,7 @@ def train_sample_teacher(output_dir: str | Path, config: SampleTeacherConfig = S
     onnx_path = output / f"{SAMPLE_MODEL_NAME}.onnx"
     export_onnx(trained, onnx_path, SCENE_CLASSES, spec, sample_inputs=[preprocessor(validation[0].read())[0]])
     with atomic_stream(output / f"{SAMPLE_MODEL_NAME}.pt") as stream:
-        torch.save({"factory": "prune_perception.models.yolox:build_yolox",
+        torch.save({"factory": YOLOX_FACTORY,
                     "factory_kwargs": {"variant": config.variant, "num_classes": len(SCENE_CLASSES)},
                     "state_dict": trained.state_dict()}, stream)
     metrics = evaluate_on_dataset(onnx_path, validation, progress=progress)

@@ -117,6 +117,8 @@ class SPPBottleneck(nn.Module):
 
 
 FOCUS_PHASES = ((0, 0), (1, 0), (0, 1), (1, 1))
+YOLOX_FACTORY = "prune_perception.models.yolox:build_yolox"
+"""How a saved model names the function that rebuilds its module tree (see :mod:`pruned_checkpoint`)."""
 """(row, column) offsets of the pixel phases in the order Focus concatenates them."""
 
 
