@@ -16,10 +16,10 @@ $(STAMPS)/venv:
 	$(PYTHON) -m venv $(VENV)
 	mkdir -p $(STAMPS) && touch $@
 
-$(STAMPS)/deps: $(STAMPS)/venv requirements/constraints.txt requirements/base.txt requirements/ros.txt requirements/dev.txt requirements/stubs.txt requirements/modelopt.txt requirements/modelopt-nodeps.txt
+$(STAMPS)/deps: $(STAMPS)/venv requirements/constraints.txt requirements/base.txt requirements/ros.txt requirements/dev.txt requirements/stubs.txt requirements/modelopt.txt requirements/nodeps.txt
 	$(PIP) -r requirements/base.txt -r requirements/dev.txt -r requirements/modelopt.txt
 	$(PY) -c "import rclpy" 2>/dev/null || $(PIP) -r requirements/ros.txt
-	$(PIP) --no-deps -r requirements/stubs.txt -r requirements/modelopt-nodeps.txt
+	$(PIP) --no-deps -r requirements/stubs.txt -r requirements/nodeps.txt
 	touch $@
 
 $(STAMPS)/vision_msgs: $(STAMPS)/deps scripts/build_vision_msgs.sh interfaces/vision_msgs/CMakeLists.txt interfaces/vision_msgs/package.xml $(wildcard interfaces/vision_msgs/msg/*.msg)

@@ -68,6 +68,8 @@ class SceneObject:
     lateral_speed: float
     colour: tuple[int, int, int]
     light_state: int = 0
+    object_id: int = -1
+    """The object's identity, unique within a generator's sequence (the tracking ground truth)."""
 
 
 @dataclass
@@ -78,6 +80,12 @@ class SceneFrame:
     boxes_xyxy: np.ndarray
     class_ids: np.ndarray
     objects: list[SceneObject] = field(default_factory=list)
+    """The visible objects, one per box, in the boxes' order."""
+
+    @property
+    def object_ids(self) -> np.ndarray:
+        """(N,) each box's object identity, stable across the frames the object is visible in."""
+        return np.array([obj.object_id for obj in self.objects], np.int64)
 
 
 class SceneGenerator:
@@ -94,6 +102,7 @@ class SceneGenerator:
         self.index = 0
         self.travelled = 0.0
         self.objects: list[SceneObject] = []
+        self._spawned = 0
         self.light_phase = float(self.rng.uniform(0, 2 * math.pi))
         self.sky = tuple(int(v) for v in self.rng.integers(150, 235, size=3))
         for _ in range(config.max_objects):
@@ -123,7 +132,8 @@ class SceneGenerator:
         colour = tuple(int(c) for c in _VEHICLE_COLOURS[int(rng.integers(len(_VEHICLE_COLOURS)))])
         if class_id in (PERSON, BICYCLE):
             colour = tuple(int(c) for c in rng.integers(20, 230, size=3))
-        self.objects.append(SceneObject(class_id, x, z, speed, lateral, colour, int(rng.integers(3))))
+        self.objects.append(SceneObject(class_id, x, z, speed, lateral, colour, int(rng.integers(3)), self._spawned))
+        self._spawned += 1
 
     def _advance(self, dt: float) -> None:
         self.travelled += self.config.ego_speed * dt
