@@ -43,7 +43,8 @@ def test_live_dashcam_detections_headers_and_diagnostics(rclpy_session, yolox_na
             yolox_nano_path, dashcam_path, tmp_path, recorder=recorder, frame_rate_hz=10.0, max_frames=40,
             expected_subscribers=2,  # the node and this test's image listener
             # input_timeout_s: the last diagnostics come after the clip ended; silence is not what this checks
-            detector_params={"latency_budget_ms": 500.0, "intra_op_threads": 1, "input_timeout_s": 30.0},
+            detector_params={"latency_budget_ms": 500.0, "intra_op_threads": 1, "input_timeout_s": 30.0,
+                             "tracker": "bytetrack", "track_frame_rate": 10.0},
         )
     finally:
         recorder.destroy_node()
@@ -80,6 +81,15 @@ def test_live_dashcam_detections_headers_and_diagnostics(rclpy_session, yolox_na
         assert key in values
     assert int(values["total_frames_out"]) == len(messages)
     assert values["model_ready"] == "true" and values["backend"] == "onnxruntime"
+
+    # ByteTrack: each Detection2D carries its track id; the clip's cars keep theirs from frame to frame.
+    ids = [[d.id for d in msg.detections if d.id] for msg in messages]
+    assert sum(bool(frame) for frame in ids) >= 0.8 * len(messages)
+    assert all(track.isdigit() for frame in ids for track in frame)
+    persisting = [len(set(a) & set(b)) for a, b in zip(ids, ids[1:])]
+    assert np.mean([n > 0 for n in persisting]) >= 0.8  # most consecutive frames share a track
+    assert int(values["active_tracks"]) >= 1 and int(values["tracks_started"]) >= 1
+    assert len(latencies["tracking_ms"]) == len(messages) and max(latencies["tracking_ms"]) < 100
 
 
 def test_overload_drops_frames_and_latency_stays_bounded(

@@ -12,7 +12,7 @@ from typing import Iterable
 
 import numpy as np
 
-STAGES = ("image_conversion", "preprocess", "inference", "postprocess", "publish")
+STAGES = ("image_conversion", "preprocess", "inference", "postprocess", "tracking", "publish")
 """Per-frame stages timed inside the node, in pipeline order."""
 
 DEADLINE_REFERENCES = ("end_to_end", "in_node")

@@ -17,6 +17,7 @@ LATENCY_ROWS = (
     ("preprocess_ms", "preprocess"),
     ("inference_ms", "inference"),
     ("postprocess_ms", "postprocess"),
+    ("tracking_ms", "tracking"),
     ("publish_ms", "publish"),
     ("in_node_ms", "in node (receive -> published)"),
     ("end_to_end_ms", "end to end (header.stamp -> published)"),

@@ -10,6 +10,7 @@ from typing import Any
 from sensor_msgs.msg import CompressedImage, Image
 
 from prune_perception.eval.latency import STAGES, FrameStatistics
+from prune_perception.runtime.tracking import DetectionTracker, TrackerConfig
 
 IMAGE_TOPIC = "image_raw"
 COMPRESSED_IMAGE_TOPIC = "image_raw/compressed"
@@ -54,8 +55,10 @@ class ConvertedFrame:
 class CameraStream:
     """One camera's topics, publishers and statistics (name "" for the single-camera node)."""
 
-    def __init__(self, name: str, params: dict[str, Any]) -> None:
+    def __init__(self, name: str, params: dict[str, Any], tracker: TrackerConfig | None = None) -> None:
         self.name = name
+        self.tracker = DetectionTracker(tracker) if tracker is not None else None
+        """This camera's own tracker (track state never crosses cameras); None: no tracking."""
         prefix = f"{name}/" if name else ""
         transport = COMPRESSED_IMAGE_TOPIC if params["input_transport"] == "compressed" else IMAGE_TOPIC
         self.image_topic = prefix + transport

@@ -11,13 +11,15 @@ from prune_perception.runtime.postprocess import Detections
 CLASS_ID_FORMATS = ("name", "id")
 
 
-def detections_to_msg(detections: Detections, header: Header, class_id_format: str = "name") -> Detection2DArray:
+def detections_to_msg(detections: Detections, header: Header, class_id_format: str = "name",
+                      track_ids: np.ndarray | None = None) -> Detection2DArray:
     """One Detection2D per detection: bbox center and size in pixels, one hypothesis.
 
     The array header and every detection header are the image's ``header``, so consumers can
     match detections to the frame they came from. ``class_id`` is the class name or, with
     ``class_id_format="id"``, the numeric class id as text: for a model specialized to a subset of
     its teacher's classes, the teacher's id (the sidecar's ``class_ids``), so ids keep their meaning.
+    With ``track_ids``, each Detection2D's ``id`` is its track id ("" where the tracker gave none).
     """
     array = Detection2DArray()
     array.header = header
@@ -30,9 +32,11 @@ def detections_to_msg(detections: Detections, header: Header, class_id_format: s
         labels = [str(number) for number in detections.published_ids().tolist()]
     scores = detections.scores.tolist()
     items = []
-    for (cx, cy), (width, height), label, score in zip(centers, sizes, labels, scores):
+    tracks = [str(t) if t >= 0 else "" for t in track_ids.tolist()] if track_ids is not None else [""] * len(scores)
+    for (cx, cy), (width, height), label, score, track in zip(centers, sizes, labels, scores, tracks):
         detection = Detection2D()
         detection.header = header
+        detection.id = track
         detection.bbox.center.position.x = cx
         detection.bbox.center.position.y = cy
         detection.bbox.size_x = width

@@ -68,6 +68,8 @@ def detector_statuses(pipeline: DetectorPipeline, now: float) -> tuple[list[Diag
         values = dict(extra)
         if camera.last_input_error:
             values["last_input_error"] = camera.last_input_error
+        if camera.tracker is not None:
+            values.update({key: str(value) for key, value in camera.tracker.statistics().items()})
         if camera.name:
             values.update(camera=camera.name, image_topic=camera.image_topic,
                           detections_topic=camera.detections_topic)

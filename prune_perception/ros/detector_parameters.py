@@ -15,6 +15,7 @@ from prune_perception.ros.qos import RELIABILITIES
 from prune_perception.runtime.backends import BACKEND_CHOICES, resolve_backend_name
 from prune_perception.runtime.backends.base import DEVICE_PATTERN, require_model_file
 from prune_perception.runtime.metadata import load_sidecar
+from prune_perception.runtime.tracking import TRACKERS, TrackerConfig
 
 CAMERA_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*(/[A-Za-z][A-Za-z0-9_]*)*$")
 DETECTOR_CONFIG_PARAMETERS = ("score_threshold", "nms_threshold", "max_detections")
@@ -54,6 +55,20 @@ DETECTOR_PARAMETERS: tuple[ParameterSpec, ...] = (
                   minimum=0.0, maximum=1.0),
     ParameterSpec("nms_threshold", 0.45, "IoU above which same-class boxes are suppressed.", minimum=0.0, maximum=1.0),
     ParameterSpec("max_detections", 100, "Most detections published per image.", minimum=1, maximum=10000),
+    ParameterSpec("tracker", "none", "Multi-object tracking per camera: none, or bytetrack (each Detection2D's id "
+                  "is then its track id, stable while the object stays tracked and never reused within a run).",
+                  choices=TRACKERS, read_only=True),
+    ParameterSpec("track_activation_threshold", 0.5, "bytetrack: score from which an unmatched detection starts "
+                  "a new track.", minimum=0.0, maximum=1.0, read_only=True),
+    ParameterSpec("track_high_threshold", 0.6, "bytetrack: detections at or above it are matched first; those "
+                  "below only extend existing tracks.", minimum=0.0, maximum=1.0, read_only=True),
+    ParameterSpec("track_match_iou", 0.1, "bytetrack: IoU from which a detection may match a track's predicted "
+                  "box.", minimum=0.0, maximum=1.0, read_only=True),
+    ParameterSpec("track_lost_s", 1.0, "bytetrack: seconds (of header.stamp) a track survives without a match; "
+                  "a stamp that goes backwards resets the camera's tracks.", minimum=0.01, maximum=3600.0,
+                  read_only=True),
+    ParameterSpec("track_frame_rate", 30.0, "bytetrack: the camera's nominal frame rate (the motion model's "
+                  "step).", minimum=0.1, maximum=1000.0, read_only=True),
     ParameterSpec("class_id_format", "name", "ObjectHypothesis.class_id as the class name or its numeric id.",
                   choices=("name", "id")),
     ParameterSpec("latency_budget_ms", 100.0, "Real-time budget of one frame; frames over it count as "
@@ -107,3 +122,13 @@ def check_new_model_path(path: str, backend: str) -> str | None:
     except PrunePerceptionError as exc:
         return f"model_path refused: {exc}"
     return None
+
+
+def tracker_config(params: dict[str, Any]) -> TrackerConfig | None:
+    """The camera trackers' settings, or None with ``tracker: none``."""
+    if params["tracker"] == "none":
+        return None
+    return TrackerConfig(track_activation_threshold=params["track_activation_threshold"],
+                         high_conf_det_threshold=params["track_high_threshold"],
+                         minimum_iou_threshold=params["track_match_iou"], lost_track_s=params["track_lost_s"],
+                         frame_rate=params["track_frame_rate"])

@@ -53,6 +53,7 @@ from prune_perception.ros.detector_parameters import (
     DETECTOR_PARAMETERS,
     HEALTH_PARAMETERS,
     check_new_model_path,
+    tracker_config,
 )
 from prune_perception.ros.parameters import spec_by_name
 from prune_perception.ros.qos import image_qos
@@ -77,7 +78,8 @@ class DetectorPipeline:
         self.params = params
         self.worker_loads_model = worker_loads_model
         """The plain node's worker loads the model (and retries); a managed node loads it at configure."""
-        self.cameras = [CameraStream(name, params) for name in (params["cameras"] or ("",))]
+        tracking = tracker_config(params)
+        self.cameras = [CameraStream(name, params, tracking) for name in (params["cameras"] or ("",))]
         self.multi_camera = bool(params["cameras"])
         self.cycles = CycleStatistics(params["statistics_window_s"])
         self.health_thresholds = self._make_health_thresholds(params)
@@ -354,7 +356,13 @@ class DetectorPipeline:
 
     def _publish(self, item: ConvertedFrame, result: DetectionResult, detected: float) -> None:
         camera, msg = item.camera, item.frame.msg
-        camera.detections_pub.publish(detections_to_msg(result.detections, msg.header, self.params["class_id_format"]))
+        track_ids, tracking_started = None, time.perf_counter()
+        if camera.tracker is not None:
+            stamp = msg.header.stamp
+            track_ids = camera.tracker.update(result.detections, stamp.sec + stamp.nanosec * 1e-9)
+        tracked = time.perf_counter()
+        camera.detections_pub.publish(detections_to_msg(result.detections, msg.header, self.params["class_id_format"],
+                                                        track_ids))
         published = time.perf_counter()
         end_to_end_ms = (self.node.get_clock().now() - Time.from_msg(msg.header.stamp)).nanoseconds / 1e6
         in_node_ms = (published - item.frame.received_s) * 1e3
@@ -364,7 +372,9 @@ class DetectorPipeline:
             "preprocess": timings.preprocess_ms,
             "inference": timings.inference_ms,  # the whole model call, shared by the cycle's cameras
             "postprocess": timings.postprocess_ms,
-            "publish": (published - detected) * 1e3,  # message building + publish(), after the cameras before it
+            "tracking": (tracked - tracking_started) * 1e3,
+            # message building + publish(), after the cameras before it in this cycle
+            "publish": (published - tracked + tracking_started - detected) * 1e3,
         }
         with self.stats_lock:
             missed = camera.stats.record_output(published, stage_ms, end_to_end_ms, in_node_ms)
