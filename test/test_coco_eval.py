@@ -69,3 +69,17 @@ def test_agrees_with_pycocotools():
     np.testing.assert_allclose([ours.ap, ours.ap50, ours.ap75, ours.ar100],
                                [evaluator.stats[0], evaluator.stats[1], evaluator.stats[2], evaluator.stats[8]], atol=1e-9)
     assert 0.1 < ours.ap < ours.ap50 < 1.0  # a non-trivial case: jittered boxes plus false positives
+
+
+def test_ap_by_image_band_and_size():
+    """A 200x100 image: a car low in the image found exactly, a person high in it missed, nothing in
+    the middle third. The lower band scores 1, the upper 0, the middle has no ground truth (NaN)."""
+    ground_truth = [gt(1, [[10, 70, 50, 95], [120, 5, 140, 25]], [0, 1])]
+    predictions = [pred(1, [[10, 70, 50, 95], [150, 60, 160, 64]], [0, 1], [0.9, 0.5])]
+    metrics = evaluate_detections(ground_truth, predictions, NAMES)
+    assert metrics.ap_by_band["lower"] == pytest.approx(1.0)
+    assert metrics.ap_by_band["upper"] == pytest.approx(0.0)
+    assert np.isnan(metrics.ap_by_band["middle"])
+    row = metrics.by_size_and_band()
+    assert list(row) == ["small", "medium", "large", "lower", "middle", "upper"]
+    assert row["small"] == metrics.ap_small and np.isnan(row["large"])  # both boxes are under 32x32 px

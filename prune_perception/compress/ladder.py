@@ -47,6 +47,9 @@ class ModelRecord:
     ap_by_set: dict[str, float] = field(default_factory=dict)
     ap50_by_set: dict[str, float] = field(default_factory=dict)
     per_class_ap: dict[str, float] = field(default_factory=dict)
+    ap_by_size_band: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per validation set: AP of small, medium and large objects and of the image's lower, middle
+    and upper thirds (:meth:`CocoMetrics.by_size_and_band`)."""
     fidelity_ap: float | None = None
     latency_p50_ms: float | None = None
     latency_p99_ms: float | None = None
@@ -68,6 +71,7 @@ def evaluate_record(record: ModelRecord, validation: Sequence[ValidationSet], fi
         metrics = evaluate_on_dataset(record.onnx, held_out.items, progress=progress, classes=held_out.classes,
                                       agnostic=held_out.agnostic)
         record.ap_by_set[held_out.name], record.ap50_by_set[held_out.name] = metrics.ap, metrics.ap50
+        record.ap_by_size_band[held_out.name] = metrics.by_size_and_band()
         if index == 0:
             record.ap, record.ap50, record.per_class_ap = metrics.ap, metrics.ap50, metrics.per_class_ap
     if fidelity_frames and record.kind not in TEACHER_KINDS:

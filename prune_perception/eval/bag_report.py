@@ -29,6 +29,7 @@ def model_summary(result: ModelResult, budget_ms: float) -> dict[str, Any]:
     return {
         "name": result.name, "model": result.model, "backend": result.backend, "mode": result.mode,
         "ap": metrics.ap, "ap50": metrics.ap50, "ap75": metrics.ap75, "per_class_ap": metrics.per_class_ap,
+        "ap_by_size_band": metrics.by_size_and_band(),
         "frames_processed": len(result.frames), "frames_dropped": result.dropped,
         "deadline_reference": "end_to_end_ms" if result.end_to_end_ms else "total_ms (preprocess+inference+postprocess)",
         "deadline_misses": misses, "deadline_miss_rate": misses / len(reference) if reference else math.nan,
@@ -89,6 +90,13 @@ def _markdown(report: dict[str, Any]) -> str:
     for m in report["models"]:
         cells = [f"{_fmt(m['latency_ms'][s]['p50_ms'], 2)} / {_fmt(m['latency_ms'][s]['p99_ms'], 2)}" for s in STAGE_FIELDS]
         lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
+    columns = ("small", "medium", "large", "lower", "middle", "upper")
+    lines += ["", "## AP by object size and image band", "",
+              "COCO's object sizes (< 32x32 px, >= 96x96 px), and the boxes centred in the image's lower, middle and "
+              "upper third (with a forward camera, near objects sit low).", "",
+              "| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+    for m in report["models"]:
+        lines.append(f"| {m['name']} | " + " | ".join(_fmt(m.get("ap_by_size_band", {}).get(c)) for c in columns) + " |")
     classes = sorted({name for m in report["models"] for name in m["per_class_ap"]})
     if classes:
         lines += ["", "## AP per class", "", "| class | " + " | ".join(m["name"] for m in report["models"]) + " |",

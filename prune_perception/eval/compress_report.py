@@ -115,6 +115,7 @@ def write_compress_report(output_dir: Path, records: Sequence[Any], histories: d
         *extra_sections,
         "## INT8", "",
         *(f"- {note}" for note in int8_notes or ["not run"]), "",
+        *_size_band_section(rows, sets),
         "## TensorRT", "", *(f"- {note}" for note in engine_notes), "",
         "## Sparsity", "", *(f"- {note}" for note in sparsity_notes or ["no sparse student (prune.sparsity: null)"]), "",
         sparse_note.strip(), "",
@@ -125,6 +126,20 @@ def write_compress_report(output_dir: Path, records: Sequence[Any], histories: d
         lines += ["## Interrupted training", "", *(f"- {note}" for note in run_facts["training_notes"]), ""]
     write_text_atomic(output_dir / "report.md", "\n".join(lines))
     return summary
+
+
+def _size_band_section(rows: Sequence[dict[str, Any]], sets: Sequence[str]) -> list[str]:
+    """AP by object size (COCO's bands) and by image third, per validation set, for every model."""
+    lines = ["## AP by object size and image band", "",
+             "COCO AP of small (< 32x32 px), medium and large (>= 96x96 px) objects, and of the boxes centred in the "
+             "image's lower, middle and upper third: with a forward camera, near objects sit low in the image.", ""]
+    columns = ("small", "medium", "large", "lower", "middle", "upper")
+    for name in sets:
+        lines += [f"**{name}**", "", "| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
+        lines += [f"| {row['name']} | " + " | ".join(_fmt(row.get("ap_by_size_band", {}).get(name, {}).get(column))
+                                                   for column in columns) + " |" for row in rows]
+        lines.append("")
+    return lines
 
 
 def _number(value: Any) -> bool:

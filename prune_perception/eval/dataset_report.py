@@ -12,7 +12,7 @@ import numpy as np
 
 from prune_perception.data.datasets import evenly_spaced, load_labelled_source
 from prune_perception.errors import PrunePerceptionError
-from prune_perception.eval.coco_eval import CocoMetrics
+from prune_perception.eval.coco_eval import BANDS, CocoMetrics
 from prune_perception.eval.detector_eval import evaluate_on_dataset
 from prune_perception.files import atomic_output, write_json_atomic, write_text_atomic
 from prune_perception.runtime.class_names import resolve_classes
@@ -52,6 +52,7 @@ def evaluate_models(models: dict[str, str], data: str | Path, output: Path, imag
         "data": str(data), "images": len(items), "classes": list(ids) if ids else "all", "agnostic": agnostic,
         "models": [{"name": name, "model": str(models[name]), "ap": m.ap, "ap50": m.ap50, "ap75": m.ap75,
                     "ap_small": m.ap_small, "ap_medium": m.ap_medium, "ap_large": m.ap_large, "ar100": m.ar100,
+                    "ap_by_band": m.ap_by_band,
                     "per_class_ap": m.per_class_ap, "ground_truth": m.num_ground_truth,
                     "predictions": m.num_predictions} for name, m in results.items()],
     }
@@ -71,12 +72,16 @@ def _markdown(summary: dict) -> str:
              f"`{summary['data']}`: {summary['images']} images; classes scored: "
              f"{'all' if classes == 'all' else ', '.join(map(str, classes))}"
              f"{' (class-agnostic)' if summary['agnostic'] else ''}. Detections of other classes are left out.", "",
-             "| model | AP | AP50 | AP75 | AP small | AP medium | AP large | AR100 | boxes | detections |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "AP small/medium/large: COCO's object sizes (< 32x32 px, >= 96x96 px). AP lower/middle/upper: the boxes "
+             "centred in that third of the image (with a forward camera, near objects sit low).", "",
+             "| model | AP | AP50 | AP75 | AP small | AP medium | AP large | AP lower | AP middle | AP upper | AR100 "
+             "| boxes | detections |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in summary["models"]:
+        bands = " | ".join(_fmt(m["ap_by_band"].get(band, math.nan)) for band in BANDS)
         lines.append(f"| {m['name']} | {_fmt(m['ap'])} | {_fmt(m['ap50'])} | {_fmt(m['ap75'])} | {_fmt(m['ap_small'])} | "
-                     f"{_fmt(m['ap_medium'])} | {_fmt(m['ap_large'])} | {_fmt(m['ar100'])} | {m['ground_truth']} | "
-                     f"{m['predictions']} |")
+                     f"{_fmt(m['ap_medium'])} | {_fmt(m['ap_large'])} | {bands} | {_fmt(m['ar100'])} | "
+                     f"{m['ground_truth']} | {m['predictions']} |")
     names = sorted({c for m in summary["models"] for c in m["per_class_ap"]})
     if names:
         lines += ["", "Per class AP:", "", "| class | " + " | ".join(m["name"] for m in summary["models"]) + " |",
