@@ -36,6 +36,20 @@ QUALITY = {"speedup": 1.5, "points": 1.5}
 LADDER = {"speedup": 2.5, "points": 1.5, "set": "cctv"}
 
 
+def add_set_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="any other compress option, for every run (repeatable)")
+
+
+def shared_data_present() -> bool:
+    """Whether the recipe's data is beside the repository (says what is missing if not)."""
+    missing = [path for path in ("../shared/data/models/yolox_nano.onnx", "../shared/data/driving") if not Path(path).exists()]
+    if missing:
+        print(f"missing shared data (run from the repository root, ../shared/data beside it): {', '.join(missing)}",
+              file=sys.stderr)
+    return not missing
+
+
 def _ap(row: dict, name: str) -> str:
     value = row["ap_by_set"].get(name)
     return "  n/a" if value is None else f"{value:.3f}"
@@ -117,13 +131,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu", help="training device (cpu, cuda)")
     parser.add_argument("--only", choices=["quality", "ladder"], default=None)
     parser.add_argument("--output", type=Path, default=Path("runs/bench_driving"))
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="any other compress option, for every run (repeatable)")
+    add_set_option(parser)
     args = parser.parse_args()
-    missing = [path for path in ("../shared/data/models/yolox_nano.onnx", "../shared/data/driving") if not Path(path).exists()]
-    if missing:
-        print(f"missing shared data (run from the repository root, ../shared/data beside it): {', '.join(missing)}",
-              file=sys.stderr)
+    if not shared_data_present():
         return 2
     started = time.monotonic()
     if args.only in (None, "quality"):

@@ -28,15 +28,14 @@ from pathlib import Path
 
 import torch
 
+from compression_benchmark import RECIPE, add_set_option, shared_data_present
+
 from prune_perception.compress.config import load_compress_config
 from prune_perception.compress.peers import PRUNE_METHODS
 from prune_perception.compress.pipeline import CompressionRun
 from prune_perception.eval.latency_benchmark import measure_latency
 from prune_perception.files import write_json_atomic
 from prune_perception.optional import modelopt_unavailable_reason
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "config" / "compress_driving.yaml"
 
 
 def run_method(method: str, args: argparse.Namespace) -> tuple[CompressionRun, dict, float]:
@@ -66,13 +65,9 @@ def main() -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--latency-runs", type=int, default=100)
     parser.add_argument("--output", type=Path, default=Path("runs/peers"))
-    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                        help="any other compress option, for every run (repeatable)")
+    add_set_option(parser)
     args = parser.parse_args()
-    missing = [path for path in ("../shared/data/models/yolox_nano.onnx", "../shared/data/driving") if not Path(path).exists()]
-    if missing:
-        print(f"missing shared data (run from the repository root, ../shared/data beside it): {', '.join(missing)}",
-              file=sys.stderr)
+    if not shared_data_present():
         return 2
     if args.macs_fraction is None:
         args.macs_fraction = json.loads(args.source.read_text())["macs_fraction"] if args.source else 0.66
