@@ -247,3 +247,25 @@ def test_sim_time_end_to_end_latency(rclpy_session, yolox_nano_path, good_frame,
     finally:
         probe.destroy()
         process.stop()
+
+
+def test_label_info_reaches_a_late_subscriber(rclpy_session, yolox_nano_path, tmp_path):
+    """vision_msgs/LabelInfo on label_info is latched: a subscriber created after the model loaded
+    still gets the class table (published ids -> names) and the score threshold."""
+    from rclpy.qos import DurabilityPolicy
+    from vision_msgs.msg import LabelInfo
+
+    process = start_detector(tmp_path, "/labels", model_path=str(yolox_nano_path), score_threshold=0.35)
+    probe = Probe("/labels")
+    try:
+        wait_ready(probe, process)
+        received = []
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        probe.create_subscription(LabelInfo, "/labels/label_info", received.append, latched)
+        assert probe.spin_until(lambda: received, 20, process), process.log_text()[-2000:]
+        table = {entry.class_id: entry.class_name for entry in received[0].class_map}
+        assert len(table) == 80 and table[0] == "person" and table[2] == "car"
+        assert received[0].threshold == pytest.approx(0.35)
+    finally:
+        probe.destroy()
+        process.stop()

@@ -15,6 +15,8 @@ from prune_perception.runtime.tracking import DetectionTracker, TrackerConfig
 IMAGE_TOPIC = "image_raw"
 COMPRESSED_IMAGE_TOPIC = "image_raw/compressed"
 DETECTIONS_TOPIC = "detections"
+LABEL_INFO_TOPIC = "label_info"
+"""vision_msgs/LabelInfo, latched: the serving model's class ids and names (one per node)."""
 LATENCY_TOPICS = tuple(f"{stage}_ms" for stage in STAGES) + ("in_node_ms", "end_to_end_ms")
 """Per-frame std_msgs/Float64 topics under ``~/debug/`` (``~/<camera>/debug/`` with cameras)."""
 CAMERA_LIVE_WINDOW_S = 1.0

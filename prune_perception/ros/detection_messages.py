@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 from std_msgs.msg import Header
-from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
+from vision_msgs.msg import Detection2D, Detection2DArray, LabelInfo, ObjectHypothesisWithPose, VisionClass
 
+from prune_perception.runtime.metadata import ModelMetadata
 from prune_perception.runtime.postprocess import Detections
 
 CLASS_ID_FORMATS = ("name", "id")
@@ -61,3 +62,14 @@ def msg_to_arrays(msg: Detection2DArray) -> tuple[np.ndarray, np.ndarray, list[s
         scores.append(best.hypothesis.score if best else 0.0)
         labels.append(best.hypothesis.class_id if best else "")
     return np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64), labels
+
+
+def label_info_msg(metadata: ModelMetadata, score_threshold: float, header: Header) -> LabelInfo:
+    """The model's class table as published: each class's published id (its teacher's, for a
+    specialized student) and its name, and the score threshold results are published above."""
+    message = LabelInfo()
+    message.header = header
+    message.class_map = [VisionClass(class_id=int(class_id), class_name=name)
+                         for class_id, name in metadata.names_by_id.items()]
+    message.threshold = float(score_threshold)
+    return message

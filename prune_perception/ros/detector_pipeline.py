@@ -30,8 +30,8 @@ from rclpy.node import Node
 from rclpy.parameter import Parameter
 from rclpy.time import Time
 from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import Float64
-from vision_msgs.msg import Detection2DArray
+from std_msgs.msg import Float64, Header
+from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from prune_perception.data.image_codec import compressed_image_to_array, raw_image_to_array, to_bgr
 from prune_perception.errors import ImageFormatError, InferenceError, PrunePerceptionError
@@ -39,13 +39,14 @@ from prune_perception.eval.health import HealthThresholds
 from prune_perception.eval.latency import CycleStatistics
 from prune_perception.ros.camera_streams import (
     CAMERA_LIVE_WINDOW_S,
+    LABEL_INFO_TOPIC,
     LATENCY_TOPICS,
     CameraStream,
     ClockWatch,
     ConvertedFrame,
     ReceivedFrame,
 )
-from prune_perception.ros.detection_messages import detections_to_msg
+from prune_perception.ros.detection_messages import detections_to_msg, label_info_msg
 from prune_perception.ros.detector_diagnostics import detector_statuses
 from prune_perception.ros.image_conversion import array_to_image_msg
 from prune_perception.ros.detector_parameters import (
@@ -56,7 +57,7 @@ from prune_perception.ros.detector_parameters import (
     tracker_config,
 )
 from prune_perception.ros.parameters import spec_by_name
-from prune_perception.ros.qos import image_qos
+from prune_perception.ros.qos import LATCHED, image_qos
 from prune_perception.runtime.annotate import draw_detections
 from prune_perception.runtime.detector import DetectionResult, Detector, DetectorConfig
 from prune_perception.runtime.frame_batcher import FrameBatcher
@@ -97,6 +98,8 @@ class DetectorPipeline:
         self.subscribed_s = time.perf_counter()
         self.sim_clock = ClockWatch()
         self._diagnostics_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        # latched: a subscriber that comes later still gets the class table of the model that serves
+        self._label_info_pub = node.create_publisher(LabelInfo, LABEL_INFO_TOPIC, LATCHED)
         # Steady clock: health keeps being reported when the sim clock is paused or not running yet.
         self._diagnostics_timer = node.create_timer(
             params["diagnostics_period_s"], self.publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME))
@@ -185,7 +188,12 @@ class DetectorPipeline:
             return False
         self.model_error = None
         self._log_model(detector)
+        self._publish_label_info(detector)
         return True
+
+    def _publish_label_info(self, detector: Detector) -> None:
+        header = Header(stamp=self.node.get_clock().now().to_msg(), frame_id="")
+        self._label_info_pub.publish(label_info_msg(detector.metadata, detector.config.score_threshold, header))
 
     def _log_model(self, detector: Detector) -> None:
         metadata = detector.metadata
@@ -231,6 +239,7 @@ class DetectorPipeline:
             logger.info(outcome.message)
             if detector is not None:
                 self._log_model(detector)
+                self._publish_label_info(detector)  # the new model's classes
             return
         logger.error(outcome.message)
         if detector is not None:  # the parameter tells what serves: put it back

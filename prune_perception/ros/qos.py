@@ -1,10 +1,13 @@
-"""QoS profiles of the package's image topics."""
+"""QoS profiles of the package's topics: images (sensor data) and latched metadata."""
 
 from __future__ import annotations
 
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
 RELIABILITIES = ("best_effort", "reliable")
+LATCHED = QoSProfile(depth=1, history=HistoryPolicy.KEEP_LAST, reliability=ReliabilityPolicy.RELIABLE,
+                     durability=DurabilityPolicy.TRANSIENT_LOCAL)
+"""For what changes seldom and every subscriber needs, late ones included (a class table)."""
 
 
 def image_qos(reliability: str, depth: int) -> QoSProfile:
