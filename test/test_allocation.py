@@ -59,9 +59,13 @@ def test_scanned_damage_is_the_damage_of_really_pruning_the_group(model_and_imag
     level = group.levels[0]
     pruned = copy.deepcopy(model)
     ratio = (group.channels - level.keep) / group.channels - 1e-6
-    prune_model(pruned, PruneConfig(importance="energy", layer_ratios={group.root: ratio}), images[:1],
-                calibration=images[:4])
+    result = prune_model(pruned, PruneConfig(importance="energy", layer_ratios={group.root: ratio}), images[:1],
+                         calibration=images[:4])
     assert pruned.get_submodule(group.root).out_channels == level.keep
+    removed = sum(model.get_submodule(name).out_channels - len(indices)  # conv output channels removed, in all
+                  for name, indices in result.kept_output_channels.items())
+    total = sum(m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert result.channel_ratio == pytest.approx(removed / total) and result.channel_ratio > 0
     with torch.no_grad():
         damage = output_damage(pruned.eval()(images[:4]), model(images[:4]))
     assert damage == pytest.approx(level.damage, rel=0.05, abs=1e-4)

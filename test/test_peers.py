@@ -43,13 +43,11 @@ def fresh_nano(state):
     return model.eval()
 
 
-def check_pruned_model(model, result, fraction, tmp_path, images):
-    macs, params = count_macs_params(model, EXAMPLE)
-    assert (macs, params) == (result.macs_after, result.params_after)
-    assert macs <= fraction * result.macs_before and params < result.params_before
+def check_pruned_model(model, tmp_path, images):
+    """The head's outputs are untouched, finite, and the model round-trips through a pruned checkpoint."""
     with torch.no_grad():
         outputs = model(images[:2])
-    assert outputs.shape == (2, 588, 85) and torch.isfinite(outputs).all()  # the head's outputs are untouched
+    assert outputs.shape == (2, 588, 85) and torch.isfinite(outputs).all()
     save_pruned_checkpoint(tmp_path / "pruned.pt", model, "prune_perception.models.yolox:build_yolox",
                            {"variant": "yolox_nano", "num_classes": 80})
     reloaded = load_torch_model(tmp_path / "pruned.pt")
@@ -66,7 +64,9 @@ def test_torch_pruning_peer_reaches_the_mac_fraction_in_multiples_of_eight(nano_
     pruned = [m.out_channels for name, m in model.named_modules()
               if isinstance(m, torch.nn.Conv2d) and "_preds" not in name and m.out_channels % 8]
     assert pruned == []
-    check_pruned_model(model, result, 0.7, tmp_path, images)
+    assert (result.macs_after, result.params_after) == count_macs_params(model, EXAMPLE)
+    assert result.macs_after <= 0.7 * result.macs_before and result.params_after < result.params_before
+    check_pruned_model(model, tmp_path, images)
     assert json.loads(json.dumps(result.to_dict()))["pruning_steps"] == result.steps
 
 
@@ -92,12 +92,16 @@ def test_modelopt_fastnas_peer_searches_a_subnet_under_the_flops_constraint(nano
     reason = modelopt_unavailable_reason("torch.prune")
     if reason is not None:
         pytest.skip(reason)
-    model, result = prune_as_peer("modelopt_fastnas", fresh_nano(nano_state), EXAMPLE, 0.6, images[:4],
-                                  tmp_path / "search" / "fastnas.pth", batch_size=4)
+    small = torch.zeros(1, 3, 64, 96)  # its sensitivity scan scores ~150 channel choices: keep each forward small
+    calibration = torch.nn.functional.interpolate(images[:2], size=(64, 96), mode="bilinear")
+    model, result = prune_as_peer("modelopt_fastnas", fresh_nano(nano_state), small, 0.6, calibration,
+                                  tmp_path / "search" / "fastnas.pth", batch_size=2)
     assert result.method == "modelopt_fastnas"
     assert (tmp_path / "search" / "fastnas.pth").exists()  # the sensitivity scan, kept for a resume
     assert not any("Dynamic" in type(module).__name__ for module in model.modules())  # exported to plain modules
-    check_pruned_model(model, result, 0.6, tmp_path, images)
+    assert count_macs_params(model, small)[0] == result.macs_after <= 0.6 * result.macs_before
+    assert result.params_after < result.params_before
+    check_pruned_model(model, tmp_path, images)
 
 
 def test_a_peer_method_needs_a_mac_fraction_and_no_architecture_of_ours():
@@ -112,7 +116,7 @@ def test_a_peer_method_needs_a_mac_fraction_and_no_architecture_of_ours():
 @pytest.mark.timeout(600)
 def test_the_prune_stage_runs_a_peer_and_records_it(tmp_path, yolox_nano_path, coco128_dir, dashcam_path):
     overrides = tiny_overrides(tmp_path, yolox_nano_path, coco128_dir, dashcam_path) + [
-        "prune.macs_fraction=0.7", "prune.method=torch_pruning", "prune.peer_iterative_steps=20"]
+        "prune.macs_fraction=0.7", "prune.method=torch_pruning", "prune.peer_iterative_steps=5"]
     result = run_compress(overrides, "prune")
     assert result.returncode == 0, result.stderr[-3000:]
     folder = tmp_path / "macs_0.70"

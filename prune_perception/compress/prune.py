@@ -225,6 +225,7 @@ def prune_model(
     reached = 0.0
     conv_names = {module: name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
     kept = {name: list(range(module.out_channels)) for module, name in conv_names.items()}
+    original = {name: len(indices) for name, indices in kept.items()}
     for step in range(steps):
         if config.importance == "taylor":
             model.zero_grad()
@@ -266,7 +267,6 @@ def prune_model(
                 f"(reached MACs {macs / macs_before:.1%}, params {params / params_before:.1%}{measured})"
             )
     if config.layer_ratios is not None:  # the share of all conv output channels the allocation removed
-        original = {name: module.out_channels for module, name in conv_names.items()}
         reached = 1 - sum(len(kept[name]) for name in original) / sum(original.values())
         history[-1]["channel_ratio"] = reached
     model.zero_grad(set_to_none=True)
