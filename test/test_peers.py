@@ -127,3 +127,20 @@ def test_the_prune_stage_runs_a_peer_and_records_it(tmp_path, yolox_nano_path, c
     student = load_torch_model(folder / "pruned.pt")
     convs = {name: m.out_channels for name, m in student.named_modules() if isinstance(m, torch.nn.Conv2d)}
     assert convs == record["channels"]
+
+
+def test_a_peer_s_architecture_is_pruned_again_with_our_channel_choice(nano_state, images):
+    """prune.channels_from with a peer's pruning.json: its per-layer channel counts, our importance
+    and compensation choose and fold the channels."""
+    from prune_perception.compress.prune import PruneConfig, conv_channels, layer_ratios_for, prune_model
+
+    peer = fresh_nano(nano_state)
+    torch_pruning_peer(peer, EXAMPLE, 0.7, iterative_steps=10)
+    channels = conv_channels(peer)
+    ours = fresh_nano(nano_state)
+    ratios = layer_ratios_for(ours, channels)
+    assert ratios and all(0 < r < 1 for r in ratios.values())
+    prune_model(ours, PruneConfig(importance="energy", layer_ratios=ratios), EXAMPLE, calibration=images[:4])
+    assert conv_channels(ours) == channels
+    with pytest.raises(PruningError, match="do not fit"):
+        layer_ratios_for(fresh_nano(nano_state), {**channels, "head.stems.0.conv": 10_000})

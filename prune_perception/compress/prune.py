@@ -330,6 +330,25 @@ def conv_channels(model: nn.Module) -> dict[str, int]:
     return {name: module.out_channels for name, module in model.named_modules() if isinstance(module, nn.Conv2d)}
 
 
+def layer_ratios_for(model: nn.Module, channels: dict[str, int]) -> dict[str, float]:
+    """The ``layer_ratios`` that prune ``model``'s convolutions to ``channels`` (output channels by
+    conv name, as :func:`conv_channels` gives them): e.g. the architecture a peer searched, pruned
+    with this package's importance and compensation. Layers the record leaves whole get none.
+
+    Raises:
+        PruningError: a layer the model lacks, or a count above the layer's own.
+    """
+    current = conv_channels(model)
+    unknown = sorted(set(channels) - set(current))
+    if unknown:
+        raise PruningError(f"the recorded channels name layers the model does not have: {', '.join(unknown[:5])}")
+    wider = [name for name, count in channels.items() if count > current[name] or count < 1]
+    if wider:
+        raise PruningError(f"the recorded channels do not fit the model: {wider[0]} has {current[wider[0]]}, "
+                           f"recorded {channels[wider[0]]}")
+    return {name: 1 - count / current[name] for name, count in channels.items() if count < current[name]}
+
+
 def reproducible_prune_config(config: PruneConfig, result: PruneResult) -> dict[str, Any]:
     """The fixed pruning that gives ``result``'s model again without any timing: a speed-up
     search's last step is the channel ratio it reached in as many iterative steps."""

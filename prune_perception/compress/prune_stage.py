@@ -26,10 +26,11 @@ from torch import nn
 from prune_perception.compress.allocation import Allocation, LayerLatencyTable, allocate_to_target, conv_shapes
 from prune_perception.compress.block_removal import rank_blocks, remove_blocks
 from prune_perception.compress.class_subset import specialize_head
-from prune_perception.compress.peers import prune_as_peer
+from prune_perception.compress.peers import PEER_METHODS, prune_as_peer
 from prune_perception.compress.prune import (
     PruneConfig,
     conv_channels,
+    layer_ratios_for,
     pinned_prune_config,
     prune_model,
     prune_to_speedup,
@@ -122,8 +123,10 @@ class StudentPruner:
 
     def pinned(self, path: str, loss_fn: Callable | None, calibration: torch.Tensor | None
                ) -> tuple[nn.Module, Any, PruneConfig]:
-        """The student an earlier run's ``pruning.json`` records, pruned again the same way; its
-        channels are checked layer by layer against the record."""
+        """The student an earlier run's ``pruning.json`` records, pruned again the same way (a peer's
+        record, ``prune.method`` torch_pruning or modelopt_fastnas: its channel counts per layer, the
+        channels chosen, compensated and refitted ours); its channels are checked layer by layer
+        against the record."""
         try:
             record = json.loads(Path(path).read_text())
             channels = record["channels"]
@@ -132,8 +135,15 @@ class StudentPruner:
         if list(record.get("dropped_blocks", [])) != list(self.dropped_blocks):
             raise PrunePerceptionError(f"prune.channels_from: {path} dropped blocks {record.get('dropped_blocks')}, "
                                        f"this run drops {list(self.dropped_blocks)}: set prune.drop_block_names to match")
-        prune_config = pinned_prune_config(record, self.run.config.prune)
         student = self.unpruned_student()
+        if "reproduce" not in record and record.get("method") in PEER_METHODS:
+            # a peer's architecture (its per-layer channel counts) with our channel choice, compensation and refit
+            section = self.run.config.prune
+            prune_config = PruneConfig(importance=section.importance, round_to=section.round_to,
+                                       max_layer_ratio=section.max_layer_ratio,
+                                       layer_ratios=layer_ratios_for(student, channels))
+        else:
+            prune_config = pinned_prune_config(record, self.run.config.prune)
         result = prune_model(student, prune_config, self.run.example, loss_fn=loss_fn, calibration=calibration)
         got = conv_channels(student)
         differ = [name for name in sorted(set(channels) | set(got)) if channels.get(name) != got.get(name)]
