@@ -82,4 +82,4 @@ def test_ap_by_image_band_and_size():
     assert np.isnan(metrics.ap_by_band["middle"])
     row = metrics.by_size_and_band()
     assert list(row) == ["small", "medium", "large", "lower", "middle", "upper"]
-    assert row["small"] == metrics.ap_small and np.isnan(row["large"])  # both boxes are under 32x32 px
+    assert row["small"] == metrics.ap_small and row["large"] is None and row["middle"] is None  # no such boxes

@@ -54,8 +54,22 @@ def kill_when(output: Path, overrides, trigger: str, log: Path) -> None:
 
 
 def accuracy(report: dict) -> dict[str, dict]:
-    return {row["name"]: {key: value for key, value in row.items() if key.startswith(("ap", "fidelity"))}
-            for row in report["models"]}
+    """Every accuracy figure of every row, nested tables (AP by size and band per set) flattened."""
+    flat: dict[str, dict] = {}
+    for row in report["models"]:
+        values: dict[str, float] = {}
+        for key, value in row.items():
+            if not key.startswith(("ap", "fidelity")):
+                continue
+            if isinstance(value, dict):
+                for name, inner in value.items():
+                    for band, number in (inner.items() if isinstance(inner, dict) else [("", inner)]):
+                        if number is not None:
+                            values[f"{key}.{name}.{band}"] = number
+            elif value is not None:
+                values[key] = value
+        flat[row["name"]] = values
+    return flat
 
 
 def test_compress_killed_in_every_stage_resumes_to_the_same_artifacts(tmp_path, yolox_nano_path, coco128_dir,

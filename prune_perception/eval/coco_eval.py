@@ -58,10 +58,12 @@ class CocoMetrics:
     """AP@[.5:.95] of the boxes centred in the image's ``lower``, ``middle`` and ``upper`` third
     (NaN for a band with no ground truth)."""
 
-    def by_size_and_band(self) -> dict[str, float]:
-        """The size and band APs as one table row: small, medium, large, lower, middle, upper."""
-        return {"small": self.ap_small, "medium": self.ap_medium, "large": self.ap_large,
-                **{band: self.ap_by_band.get(band, math.nan) for band in BANDS}}
+    def by_size_and_band(self) -> dict[str, float | None]:
+        """The size and band APs as one table row: small, medium, large, lower, middle, upper (None
+        where that size or band has no ground truth: JSON has no NaN, and NaN is unequal to itself)."""
+        values = {"small": self.ap_small, "medium": self.ap_medium, "large": self.ap_large,
+                  **{band: self.ap_by_band.get(band, math.nan) for band in BANDS}}
+        return {name: None if math.isnan(value) else value for name, value in values.items()}
 
     @classmethod
     def empty(cls) -> "CocoMetrics":

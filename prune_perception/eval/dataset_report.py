@@ -52,7 +52,7 @@ def evaluate_models(models: dict[str, str], data: str | Path, output: Path, imag
         "data": str(data), "images": len(items), "classes": list(ids) if ids else "all", "agnostic": agnostic,
         "models": [{"name": name, "model": str(models[name]), "ap": m.ap, "ap50": m.ap50, "ap75": m.ap75,
                     "ap_small": m.ap_small, "ap_medium": m.ap_medium, "ap_large": m.ap_large, "ar100": m.ar100,
-                    "ap_by_band": m.ap_by_band,
+                    "ap_by_band": {band: m.by_size_and_band()[band] for band in BANDS},
                     "per_class_ap": m.per_class_ap, "ground_truth": m.num_ground_truth,
                     "predictions": m.num_predictions} for name, m in results.items()],
     }
@@ -78,7 +78,7 @@ def _markdown(summary: dict) -> str:
              "| boxes | detections |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for m in summary["models"]:
-        bands = " | ".join(_fmt(m["ap_by_band"].get(band, math.nan)) for band in BANDS)
+        bands = " | ".join(_fmt(m["ap_by_band"].get(band)) for band in BANDS)
         lines.append(f"| {m['name']} | {_fmt(m['ap'])} | {_fmt(m['ap50'])} | {_fmt(m['ap75'])} | {_fmt(m['ap_small'])} | "
                      f"{_fmt(m['ap_medium'])} | {_fmt(m['ap_large'])} | {bands} | {_fmt(m['ar100'])} | "
                      f"{m['ground_truth']} | {m['predictions']} |")
