@@ -6,6 +6,7 @@ Data path of one inference cycle::
     <camera>/image_raw (Image) ──callback──> FrameBatcher (newest frame per camera)
         ──worker thread──> raw_image_to_array, per camera
         -> Detector.detect_batch (each image letterboxed on its own, one model call)
+        -> the camera's tracker, where ``tracker`` is set (track ids by header.stamp)
         -> detections_to_msg -> <camera>/detections, with that image's header
 
 The subscription callbacks only store the message (newest wins; older unprocessed frames are
