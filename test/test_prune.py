@@ -198,9 +198,20 @@ def test_a_close_call_is_timed_again_and_a_step_within_the_noise_reaches_the_tar
     low, high = close.interval
     assert low < 1.30 < high and close.reaches(1.30)  # 1.294 on average, but the target is within its noise
     far = measure(None)
-    assert far.samples == (1.10,) and not far.reaches(1.30)  # far from it: one timing decides
+    assert far.samples == (1.10,) and not far.reaches(1.30)  # far below it: one timing decides
     assert not SpeedupMeasurement((1.20, 1.21, 1.20, 1.21, 1.20)).reaches(1.30)  # tight timings below it
     assert SpeedupMeasurement((1.3,)).to_dict()["speedup_spread"] == 0.0
+
+
+def test_one_wild_timing_above_the_target_is_confirmed_and_cannot_end_the_search():
+    """Measured here: a step that times about 1.22x once timed 1.64x against a 1.40x target."""
+    timings = iter([1.645, 1.22, 1.21, 1.23, 1.22, 1.45, 1.44, 1.46, 1.43, 1.45])
+    measure = repeat_close_calls(lambda model: next(timings), target=1.40, margin=0.05, repeats=5)
+    wild = measure(None)
+    assert len(wild.samples) == 5 and wild.interval[1] >= 1.40  # the outlier widens the interval ...
+    assert not wild.reaches(1.40)  # ... but the median (1.22) is far below: not reached
+    real = measure(None)
+    assert len(real.samples) == 5 and real.reaches(1.40)  # above the target, confirmed five times
 
 
 def test_the_search_takes_a_step_within_the_noise_and_records_its_timings(nano_state):
