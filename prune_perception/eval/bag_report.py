@@ -12,6 +12,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from prune_perception.eval.bag_eval import ModelResult
+from prune_perception.eval.coco_eval import SIZES_AND_BANDS
 from prune_perception.eval.latency import LatencySummary
 from prune_perception.files import atomic_output, write_json_atomic, write_text_atomic
 
@@ -90,7 +91,7 @@ def _markdown(report: dict[str, Any]) -> str:
     for m in report["models"]:
         cells = [f"{_fmt(m['latency_ms'][s]['p50_ms'], 2)} / {_fmt(m['latency_ms'][s]['p99_ms'], 2)}" for s in STAGE_FIELDS]
         lines.append(f"| {m['name']} | " + " | ".join(cells) + " |")
-    columns = ("small", "medium", "large", "lower", "middle", "upper")
+    columns = SIZES_AND_BANDS
     lines += ["", "## AP by object size and image band", "",
               "COCO's object sizes (< 32x32 px, >= 96x96 px), and the boxes centred in the image's lower, middle and "
               "upper third (with a forward camera, near objects sit low).", "",

@@ -23,6 +23,8 @@ import numpy as np
 
 BANDS = ("lower", "middle", "upper")
 """The image's thirds from the bottom (near, for a forward camera) to the top."""
+SIZES_AND_BANDS = ("small", "medium", "large", *BANDS)
+"""The columns of :meth:`CocoMetrics.by_size_and_band`."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from prune_perception.eval.coco_eval import SIZES_AND_BANDS
 from prune_perception.files import atomic_output, write_json_atomic, write_text_atomic
 
 SPARSITY_RUNTIME_NOTE = (
@@ -133,7 +134,7 @@ def _size_band_section(rows: Sequence[dict[str, Any]], sets: Sequence[str]) -> l
     lines = ["## AP by object size and image band", "",
              "COCO AP of small (< 32x32 px), medium and large (>= 96x96 px) objects, and of the boxes centred in the "
              "image's lower, middle and upper third: with a forward camera, near objects sit low in the image.", ""]
-    columns = ("small", "medium", "large", "lower", "middle", "upper")
+    columns = SIZES_AND_BANDS
     for name in sets:
         lines += [f"**{name}**", "", "| model | " + " | ".join(columns) + " |", "|---|" + "---:|" * len(columns)]
         lines += [f"| {row['name']} | " + " | ".join(_fmt(row.get("ap_by_size_band", {}).get(name, {}).get(column))

@@ -62,8 +62,10 @@ class DetectionTracker:
     """ByteTrack over one camera's :class:`Detections`, stamped in seconds."""
 
     def __init__(self, config: TrackerConfig = TrackerConfig(), window_s: float = 60.0) -> None:
+        import supervision as sv
         from trackers import ByteTrackTracker
 
+        self._detections_type = sv.Detections
         self.config = config
         self._tracker = ByteTrackTracker(
             # the library counts its buffer in frames of a 30 FPS video, whatever frame_rate is
@@ -83,16 +85,14 @@ class DetectionTracker:
     def update(self, detections: Detections, stamp_s: float) -> np.ndarray:
         """Each detection's track id ((N,) int64, in the order of ``detections``; -1: not tracked,
         a low-score box that matched no track)."""
-        import supervision as sv
-
         if self._last_stamp_s is not None and stamp_s < self._last_stamp_s:
             self.reset(f"stamp went backwards ({self._last_stamp_s:.3f} s -> {stamp_s:.3f} s)")
         self._last_stamp_s = stamp_s
         count = len(detections)
         boxes = detections.boxes_xyxy.reshape(-1, 4).astype(np.float32)
-        tracked = self._tracker.update(sv.Detections(xyxy=boxes, confidence=detections.scores.astype(np.float32),
-                                                     class_id=detections.class_ids, data={"index": np.arange(count)}),
-                                       timestamp=stamp_s)
+        candidates = self._detections_type(xyxy=boxes, confidence=detections.scores.astype(np.float32),
+                                           class_id=detections.class_ids, data={"index": np.arange(count)})
+        tracked = self._tracker.update(candidates, timestamp=stamp_s)
         ids = np.full(count, -1, np.int64)
         if len(tracked):
             library_ids = np.asarray(tracked.tracker_id, np.int64)
